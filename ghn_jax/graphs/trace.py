@@ -1,0 +1,296 @@
+"""Trace any Flax module into a GHN computational graph (spec section 1), by reading its jaxpr.
+
+The module is traced once with ``jax.make_jaxpr(module.init_with_output)``. Equations are grouped by the Flax module
+that emitted them (the jaxpr name stack carries module paths):
+
+* equations inside a *known layer* (``nn.Conv``, ``nn.Dense``, ``nn.BatchNorm``/:class:`~ghn_jax.nets.BatchNorm`,
+  ``nn.LayerNorm``, :class:`~ghn_jax.nets.PosEnc`) become that layer's parameter nodes: ``W -> b`` for conv/dense
+  (``conv``, ``sep_conv`` for grouped convs, ``dil_conv`` for grouped dilated convs), one ``bn``/``ln`` node whose
+  shift is written from the same node, ``pos_enc -> sum`` for positional encodings;
+* outside known layers, a few primitives become parameter-free nodes: two-activation ``add`` -> ``sum``,
+  ``concatenate`` -> ``concat``, ``reduce_window_max``/``reduce_window_sum`` -> ``max_pool``/``avg_pool``,
+  a spatial mean of a 4-D map -> ``glob_avg``, activation x broadcast activation ``mul`` -> ``cse`` (its squeeze mean
+  is dropped), activation x activation ``dot_general`` -> one ``msa`` node per module;
+* everything else (ReLU, GELU, reshapes, slicing, padding, softmax, multiplication by constants ...) passes through.
+
+Nodes whose output never reaches the network output are pruned (their parameters are reported as ``pruned``);
+parameters used by modules that are not known layers are reported as ``unsupported`` (with a warning).
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jcore
+
+from ghn_jax.nets.layers import BatchNorm, PosEnc
+
+PRIMITIVES = ('max_pool', 'avg_pool', 'sep_conv', 'dil_conv', 'conv', 'msa', 'cse', 'sum', 'concat', 'input',
+              'bias', 'bn', 'ln', 'pos_enc', 'glob_avg')
+PRIMITIVE_ID = {p: i for i, p in enumerate(PRIMITIVES)}
+
+Path = tuple[str, ...]
+
+
+@dataclasses.dataclass
+class Node:
+    """One graph node. ``param`` is the parameter path written from it, ``shift`` the norm bias path."""
+    primitive: str
+    shape: tuple[int, ...] | None = None   # PyTorch layout, fed to the shape encoder
+    param: Path | None = None
+    shift: Path | None = None
+    scope: Path = ()
+    role: str | None = None
+
+
+class UnsupportedLayerWarning(UserWarning):
+    """Some parameters of the traced module have no graph node and will not be predicted."""
+
+
+def _known_layer(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Conv):
+        return 'conv'
+    if isinstance(module, nn.Dense):
+        return 'dense'
+    if isinstance(module, (BatchNorm, nn.BatchNorm)):
+        return 'bn'
+    if isinstance(module, nn.LayerNorm):
+        return 'ln'
+    if isinstance(module, PosEnc):
+        return 'pos_enc'
+    return None
+
+
+@dataclasses.dataclass
+class _Val:
+    """Abstract value of a jaxpr variable: activation (with graph producers), parameter-derived, or constant."""
+    kind: str                       # 'act' | 'param' | 'const'
+    producers: frozenset = frozenset()
+    params: frozenset = frozenset()  # parameter paths it derives from (kind == 'param')
+    broadcast: bool = False          # produced by broadcasting a smaller activation (gates)
+
+
+_CONST = _Val('const')
+
+
+def _sub_jaxprs(eqn) -> list:
+    out = []
+    for key in ('jaxpr', 'call_jaxpr', 'fun_jaxpr'):
+        sub = eqn.params.get(key)
+        if sub is not None:
+            out.append(sub)
+    return out
+
+
+class _Tracer:
+    def __init__(self, modules: dict[Path, nn.Module], param_shapes: dict[Path, tuple[int, ...]]):
+        self.modules = modules
+        self.param_shapes = param_shapes
+        self.nodes: list[Node] = [Node('input')]
+        self.edges: set[tuple[int, int]] = set()
+        self.layer_chains: dict[Path, list[int]] = {}
+        self.scope_msa: dict[Path, int] = {}
+        self.gating_scopes: set[Path] = set()
+        self.unsupported: dict[Path, set[Path]] = {}
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+    def add_node(self, node: Node) -> int:
+        self.nodes.append(node)
+        return len(self.nodes) - 1
+
+    def connect(self, producers, dst: int):
+        for p in producers:
+            if p != dst:
+                self.edges.add((p, dst))
+
+    def scope_of(self, name_stack: str) -> Path:
+        parts = tuple(p for p in str(name_stack).split('/') if p)
+        return parts[1:]  # drop the root module's class name
+
+    def known_layer_scope(self, scope: Path) -> Path | None:
+        for i in range(len(scope), 0, -1):
+            module = self.modules.get(scope[:i])
+            if module is not None and _known_layer(module):
+                return scope[:i]
+        return None
+
+    def layer_chain(self, path: Path) -> list[int]:
+        """Create (once) the parameter nodes of the known layer at ``path``; returns [entry, ..., exit]."""
+        if path in self.layer_chains:
+            return self.layer_chains[path]
+        module = self.modules[path]
+        kind = _known_layer(module)
+        has = lambda leaf: path + (leaf,) in self.param_shapes
+        chain: list[int] = []
+        if kind in ('conv', 'dense'):
+            kernel = path + ('kernel',)
+            shape = self.param_shapes[kernel]
+            if kind == 'conv':
+                torch_shape = (shape[-1], shape[-2]) + tuple(shape[:-2])
+                groups = getattr(module, 'feature_group_count', 1)
+                dilation = module.kernel_dilation or 1
+                dilation = max(dilation) if isinstance(dilation, (tuple, list)) else dilation
+                prim = ('dil_conv' if dilation > 1 else 'sep_conv') if groups > 1 else 'conv'
+                if len(shape) != 4:
+                    prim = 'conv'
+            else:
+                torch_shape, prim = (shape[1], shape[0]), 'conv'
+            chain.append(self.add_node(Node(prim, torch_shape, kernel, scope=path)))
+            if has('bias'):
+                chain.append(self.add_node(Node('bias', self.param_shapes[path + ('bias',)], path + ('bias',),
+                                                scope=path)))
+        elif kind in ('bn', 'ln'):
+            if has('scale'):
+                chain.append(self.add_node(Node(kind, self.param_shapes[path + ('scale',)], path + ('scale',),
+                                                shift=path + ('bias',) if has('bias') else None, scope=path)))
+            elif has('bias'):  # shift-only norm: still a norm node, written through its shift
+                chain.append(self.add_node(Node(kind, self.param_shapes[path + ('bias',)], None,
+                                                shift=path + ('bias',), scope=path)))
+        elif kind == 'pos_enc':
+            shape = self.param_shapes[path + ('weight',)]
+            pos = self.add_node(Node('pos_enc', (shape[0], shape[3], shape[1], shape[2]), path + ('weight',),
+                                     scope=path))
+            total = self.add_node(Node('sum', scope=path))
+            self.edges.add((pos, total))
+            chain = [total]  # activations enter the sum; the encoding is a source node
+        for a, b in zip(chain[:-1], chain[1:]):
+            self.edges.add((a, b))
+        self.layer_chains[path] = chain
+        return chain
+
+    # -- the walk ------------------------------------------------------------------------------------------------
+    def run(self, jaxpr, env_in: list[_Val], consts: list[_Val], scope_prefix: Path = (),
+            overrides: dict | None = None) -> list[_Val]:
+        """Abstractly evaluate ``jaxpr``; ``overrides`` replaces the values of given output variables."""
+        env: dict[Any, _Val] = {}
+        overrides = overrides or {}
+
+        def read(v):
+            if isinstance(v, jcore.Literal):
+                return _CONST
+            return env.get(v, _CONST)
+
+        for v, val in zip(jaxpr.constvars, consts):
+            env[v] = val
+        for v, val in zip(jaxpr.invars, env_in):
+            env[v] = val
+        for eqn in jaxpr.eqns:
+            scope = scope_prefix + self.scope_of(eqn.source_info.name_stack)
+            ins = [read(v) for v in eqn.invars]
+            subs = _sub_jaxprs(eqn)
+            if subs and eqn.primitive.name not in ('custom_jvp_call', 'custom_vjp_call'):
+                sub = subs[0]
+                closed = sub if hasattr(sub, 'consts') else None
+                inner = closed.jaxpr if closed is not None else sub
+                outs = self.run(inner, ins, [_CONST] * len(inner.constvars), scope)
+            elif subs:
+                sub = subs[0]
+                inner = sub.jaxpr if hasattr(sub, 'jaxpr') else sub
+                n = len(inner.invars)
+                outs = self.run(inner, ins[:n] if len(ins) >= n else ins, [_CONST] * len(inner.constvars), scope)
+            else:
+                outs = [self.apply(eqn, scope, ins)] * len(eqn.outvars)
+            for v, val in zip(eqn.outvars, outs):
+                env[v] = overrides.get(v, val)
+        return [read(v) for v in jaxpr.outvars]
+
+    def apply(self, eqn, scope: Path, ins: list[_Val]) -> _Val:
+        acts = [v for v in ins if v.kind == 'act']
+        params = frozenset().union(*[v.params for v in ins if v.kind == 'param'])
+        if not acts:
+            return _Val('param', params=params) if params else _CONST
+        prim = eqn.primitive.name
+        layer = self.known_layer_scope(scope)
+        if layer is not None:
+            chain = self.layer_chain(layer)
+            own = set(chain) | {p for p, d in self.edges if d in chain}
+            for v in acts:
+                self.connect(v.producers - own, chain[0])
+            return _Val('act', producers=frozenset([chain[-1]]))
+        producers = frozenset().union(*[v.producers for v in acts])
+        if params:  # parameters used outside known layers: not predictable
+            self.unsupported.setdefault(scope, set()).update(params)
+        node = None
+        if prim in ('add', 'add_any') and len(acts) == 2:
+            node = self.add_node(Node('sum', scope=scope))
+        elif prim == 'concatenate' and len(acts) >= 1:
+            node = self.add_node(Node('concat', scope=scope))
+        elif prim in ('reduce_window_max', 'reduce_window_sum', 'reduce_window'):
+            dims = eqn.params.get('window_dimensions', (1, 3, 3, 1))
+            kind = 'max_pool' if prim == 'reduce_window_max' else 'avg_pool'
+            shape = (1, 1, int(dims[1]), int(dims[2])) if len(dims) == 4 else (1, 1, 3, 3)
+            node = self.add_node(Node(kind, shape, scope=scope))
+        elif prim == 'reduce_sum' and len(acts[0].producers) and eqn.invars[0].aval.ndim == 4 \
+                and tuple(sorted(eqn.params['axes'])) == (1, 2):
+            if scope in self.gating_scopes:
+                return _Val('act', producers=producers)  # CSE squeeze: dropped, as in the reference
+            node = self.add_node(Node('glob_avg', scope=scope))
+        elif prim == 'mul' and len(acts) == 2 and (any(v.broadcast for v in acts) or
+                                                   eqn.invars[0].aval.shape != eqn.invars[1].aval.shape):
+            node = self.add_node(Node('cse', scope=scope))
+        elif prim == 'dot_general' and len(acts) == 2:
+            if scope not in self.scope_msa:
+                self.scope_msa[scope] = self.add_node(Node('msa', scope=scope))
+            node = self.scope_msa[scope]
+        if node is not None:
+            self.connect(producers, node)
+            return _Val('act', producers=frozenset([node]))
+        broadcast = prim == 'broadcast_in_dim' and np.prod(eqn.invars[0].aval.shape) < np.prod(eqn.outvars[0].aval.shape)
+        return _Val('act', producers=producers, broadcast=broadcast)
+
+
+@dataclasses.dataclass
+class TraceResult:
+    """Raw graph of a module: nodes (0 = input), real edges, and parameter bookkeeping."""
+    nodes: list[Node]
+    edges: set[tuple[int, int]]
+    outputs: frozenset
+    param_shapes: dict[Path, tuple[int, ...]]
+    unsupported: dict[Path, set[Path]]
+
+
+def _walk(closed, overrides, x_var, modules, param_shapes, gating_scopes) -> tuple[_Tracer, list[_Val]]:
+    tracer = _Tracer(modules, param_shapes)
+    tracer.gating_scopes = gating_scopes
+    jaxpr = closed.jaxpr
+    env_in = [_Val('act', producers=frozenset([0])) if v is x_var else _CONST for v in jaxpr.invars]
+    outs = tracer.run(jaxpr, env_in, [_CONST] * len(jaxpr.constvars), (), overrides)
+    return tracer, outs
+
+
+def trace_module(module: nn.Module, input_shape: tuple[int, ...], dtype=jnp.float32) -> TraceResult:
+    """Trace ``module`` on an input of ``input_shape`` into raw nodes/edges (before filtering and ordering)."""
+    modules: dict[Path, nn.Module] = {}
+
+    def record(next_fun, args, kwargs, context):
+        if context.module.scope is not None:
+            modules.setdefault(tuple(context.module.path), context.module)
+        return next_fun(*args, **kwargs)
+
+    x = jax.ShapeDtypeStruct(tuple(input_shape), dtype)
+    with nn.intercept_methods(record):
+        closed, out_shape = jax.make_jaxpr(lambda x: module.init_with_output(jax.random.key(0), x),
+                                           return_shape=True)(x)
+    leaves = jax.tree_util.tree_flatten_with_path(out_shape)[0]
+    overrides, param_shapes, output_positions = {}, {}, []
+    for i, ((key_path, leaf), var) in enumerate(zip(leaves, closed.jaxpr.outvars)):
+        keys = tuple(getattr(k, 'key', getattr(k, 'idx', None)) for k in key_path)
+        if keys[0] == 0:
+            output_positions.append(i)
+        elif len(keys) > 2 and keys[1] == 'params' and isinstance(var, jcore.Var):
+            path = tuple(str(k) for k in keys[2:])
+            overrides[var] = _Val('param', params=frozenset([path]))
+            param_shapes[path] = tuple(leaf.shape)
+    x_var = closed.jaxpr.invars[0]
+    first, _ = _walk(closed, overrides, x_var, modules, param_shapes, set())
+    gating = {first.nodes[i].scope for i in range(len(first.nodes)) if first.nodes[i].primitive == 'cse'}
+    tracer, outs = _walk(closed, overrides, x_var, modules, param_shapes, gating)
+    outputs = frozenset().union(*[outs[i].producers for i in output_positions if outs[i].kind == 'act'])
+    if not outputs:
+        raise ValueError('the module output does not depend on its input; nothing to trace')
+    return TraceResult(tracer.nodes, tracer.edges, outputs, param_shapes, tracer.unsupported)
