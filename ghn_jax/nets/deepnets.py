@@ -313,7 +313,8 @@ class Network(nn.Module):
         if s1 is None:
             raise ValueError('invalid architecture: the last cell has no output (all its inputs are `none` ops)')
 
-        out = global_avg_pool(s1) if self.glob_avg else s1
+        # Flatten in PyTorch's (C, H, W) order so that classifier weights map one-to-one to the reference's.
+        out = global_avg_pool(s1) if self.glob_avg else jnp.transpose(s1, (0, 3, 1, 2))
         out = out.reshape(out.shape[0], -1)
         if self.fc_layers > 1:
             out = nn.relu(nn.Dense(self.fc_dim, name='classifier.0')(out))

@@ -1,0 +1,155 @@
+"""Pack graphs into fixed-size arrays for the jitted GHN (one compile per :class:`Budget`).
+
+Everything here runs on the host in numpy. A :class:`GHNBatch` holds, for ``B`` graphs padded to ``N`` nodes:
+node types and shape-table rows, the dense edge matrix, the level schedules of the two GNN sweeps, and the list of
+spatial *positions* to decode (one per kernel position of every conv weight, spec 5.2), padded to ``P``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax
+import numpy as np
+
+from ghn_jax.graphs.graph import ArchGraph
+from ghn_jax.hypernet.shape_encoder import ShapeIndexer
+
+WEIGHT_PRIMITIVES = ('conv', 'sep_conv', 'dil_conv', 'pos_enc')
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Static sizes of a packed batch: graphs, nodes per graph, decoded positions in total, schedule width."""
+    nodes: int
+    positions: int
+    graphs: int = 1
+    width: int = 8
+
+    def __str__(self) -> str:
+        return f'Budget(graphs={self.graphs}, nodes={self.nodes}, positions={self.positions})'
+
+
+class BudgetExceededError(ValueError):
+    """A graph (or meta-batch) does not fit the requested budget."""
+
+
+@flax.struct.dataclass
+class GHNBatch:
+    primitive: np.ndarray     # (B, N) int32
+    shape_ind: np.ndarray     # (B, N, 4) int32
+    adj: np.ndarray           # (B, N, N) int32
+    fwd_schedule: np.ndarray  # (B, T, W) int32, N = padding
+    bwd_schedule: np.ndarray  # (B, T, W) int32
+    node_mask: np.ndarray     # (B, N) bool
+    pos_node: np.ndarray      # (P,) int32 flat node index b * N + v
+    pos_yx: np.ndarray        # (P, 2) int32 spatial position in the decoder grid
+    cls_pos: np.ndarray       # (B,) int32 position of each graph's classifier weight (0 if none)
+
+
+@dataclasses.dataclass
+class Layout:
+    """Where each node's decoded outputs live in a packed batch (host-side bookkeeping)."""
+    graph: int
+    node_offset: int                     # b * N
+    pos_start: dict[int, int]            # node index -> first position
+
+
+def levels(n: int, edges: np.ndarray, reverse: bool = False) -> np.ndarray:
+    """Longest-path depth (or height when ``reverse``) of every node of a DAG in topological order."""
+    depth = np.zeros(n, np.int64)
+    src, dst = (edges[:, 1], edges[:, 0]) if reverse else (edges[:, 0], edges[:, 1])
+    order = np.argsort(-dst if reverse else dst, kind='stable')
+    for s, d in zip(src[order], dst[order]):
+        if depth[s] + 1 > depth[d]:
+            depth[d] = depth[s] + 1
+    return depth
+
+
+def schedule(n: int, edges: np.ndarray, reverse: bool, steps: int, width: int, pad: int) -> np.ndarray:
+    """Level-synchronous update order as a (steps, width) table; wide levels are split over several steps."""
+    lv = levels(n, edges, reverse)
+    rows = []
+    for level in range(int(lv.max()) + 1 if n else 0):
+        nodes = np.flatnonzero(lv == level)
+        for k in range(0, len(nodes), width):
+            rows.append(nodes[k:k + width])
+    if len(rows) > steps:
+        raise BudgetExceededError(f'schedule needs {len(rows)} steps, budget has {steps}')
+    table = np.full((steps, width), pad, np.int32)
+    for t, r in enumerate(rows):
+        table[t, :len(r)] = r
+    return table
+
+
+def decode_positions(graph: ArchGraph, max_spatial: int) -> list[tuple[int, int, int]]:
+    """(node, y, x) for every decoder position a graph needs: kh*kw per 4-D weight, one per 2-D weight."""
+    out = []
+    for i, node in enumerate(graph.nodes):
+        if node.primitive not in WEIGHT_PRIMITIVES or node.shape is None or len(node.shape) < 2:
+            continue
+        if len(node.shape) == 4 and node.role != 'classifier_weight':
+            kh, kw = node.shape[2], node.shape[3]
+            out.extend((i, y % max_spatial, x % max_spatial) for y in range(kh) for x in range(kw))
+        else:
+            out.append((i, 0, 0))
+    return out
+
+
+def required_budget(graphs: list[ArchGraph], max_spatial: int, width: int = 8) -> tuple[int, int]:
+    """(nodes, positions) needed to pack ``graphs`` together."""
+    nodes = max(g.n_nodes for g in graphs)
+    positions = sum(len(decode_positions(g, max_spatial)) for g in graphs)
+    return nodes, positions
+
+
+def auto_budget(graphs: list[ArchGraph], max_spatial: int, width: int = 8) -> Budget:
+    """Smallest budget of the power-of-two ladder that fits ``graphs`` (so similar graphs share a compile)."""
+    nodes, positions = required_budget(graphs, max_spatial, width)
+    up = lambda v, lo: max(lo, 1 << math.ceil(math.log2(max(v, 1))))
+    return Budget(nodes=up(nodes, 64), positions=up(positions, 256), graphs=len(graphs), width=width)
+
+
+def pack(graphs: list[ArchGraph], budget: Budget, indexer: ShapeIndexer, max_spatial: int
+         ) -> tuple[GHNBatch, list[Layout]]:
+    """Pack ``graphs`` into a :class:`GHNBatch` of exactly ``budget``'s sizes; raise if they do not fit."""
+    B, N, P, W = budget.graphs, budget.nodes, budget.positions, budget.width
+    if len(graphs) > B:
+        raise BudgetExceededError(f'{len(graphs)} graphs do not fit a budget of {B} graphs')
+    primitive = np.zeros((B, N), np.int32)
+    shape_ind = np.tile(np.asarray(indexer(None), np.int32), (B, N, 1))
+    adj = np.zeros((B, N, N), np.int32)
+    fwd = np.full((B, N, W), N, np.int32)
+    bwd = np.full((B, N, W), N, np.int32)
+    mask = np.zeros((B, N), bool)
+    pos_node = np.zeros(P, np.int32)
+    pos_yx = np.zeros((P, 2), np.int32)
+    cls_pos = np.zeros(B, np.int32)
+    layouts, p = [], 0
+    for b, g in enumerate(graphs):
+        n = g.n_nodes
+        if n > N:
+            raise BudgetExceededError(
+                f'graph has {n} nodes but the budget allows {N}; use a larger budget (e.g. '
+                f'Budget(nodes={1 << math.ceil(math.log2(n))}, ...)) or let the GHN choose one (budget=None)')
+        primitive[b, :n] = g.primitive_ids
+        shape_ind[b, :n] = indexer.indices([nd.shape for nd in g.nodes])
+        adj[b, g.edges[:, 0], g.edges[:, 1]] = g.edges[:, 2]
+        real = g.real_edges
+        fwd[b] = schedule(n, real, False, N, W, N)
+        bwd[b] = schedule(n, real, True, N, W, N)
+        mask[b, :n] = True
+        positions = decode_positions(g, max_spatial)
+        if p + len(positions) > P:
+            raise BudgetExceededError(
+                f'the graphs need {p + len(positions)}+ decoder positions but the budget allows {P}')
+        starts: dict[int, int] = {}
+        for node, y, x in positions:
+            starts.setdefault(node, p)
+            pos_node[p], pos_yx[p] = b * N + node, (y, x)
+            if g.nodes[node].role == 'classifier_weight':
+                cls_pos[b] = p
+            p += 1
+        layouts.append(Layout(b, b * N, starts))
+    batch = GHNBatch(primitive, shape_ind, adj, fwd, bwd, mask, pos_node, pos_yx, cls_pos)
+    return batch, layouts
