@@ -108,9 +108,14 @@ class _Tracer:
             if p != dst:
                 self.edges.add((p, dst))
 
-    def scope_of(self, name_stack: str) -> Path:
+    def scope_of(self, name_stack: str, prefix: Path = ()) -> Path:
+        """Innermost Flax module path of an equation (jit/function names in the name stack are dropped)."""
         parts = tuple(p for p in str(name_stack).split('/') if p)
-        return parts[1:]  # drop the root module's class name
+        full = prefix + (parts[1:] if not prefix else parts)  # the root entry is the top module's class name
+        for i in range(len(full), 0, -1):
+            if full[:i] in self.modules:
+                return full[:i]
+        return ()
 
     def known_layer_scope(self, scope: Path) -> Path | None:
         for i in range(len(scope), 0, -1):
@@ -180,7 +185,7 @@ class _Tracer:
         for v, val in zip(jaxpr.invars, env_in):
             env[v] = val
         for eqn in jaxpr.eqns:
-            scope = scope_prefix + self.scope_of(eqn.source_info.name_stack)
+            scope = self.scope_of(eqn.source_info.name_stack, scope_prefix)
             ins = [read(v) for v in eqn.invars]
             subs = _sub_jaxprs(eqn)
             if subs and eqn.primitive.name not in ('custom_jvp_call', 'custom_vjp_call'):

@@ -110,7 +110,7 @@ class GHN2:
             specs = param_specs(g, layout, predict_class_layers)
             flat = assemble(out, specs, b, self.config.weight_norm)
             if not predict_class_layers:
-                init = m.init(rng if rng is not None else jax.random.key(0), jnp.zeros(shape or (1, 32, 32, 3)))
+                init = jax.jit(m.init)(rng if rng is not None else jax.random.key(0), jnp.zeros(shape or (1, 32, 32, 3)))
                 init_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(init['params']))
                 for n in g.nodes:
                     if n.role in ('classifier_weight', 'classifier_bias'):

@@ -1,0 +1,47 @@
+"""``python -m ghn_jax.predict --ghn CKPT --arch ARCH.json --out predicted.npz [--reference-names]``.
+
+Predicts every parameter of the architecture described by ARCH.json (golden ``arch.json`` schema, see
+:func:`ghn_jax.nets.from_arch_json`) with the GHN in CKPT and saves them as an ``.npz``: keys are ghn_jax parameter
+paths joined by ``/`` (Flax layouts), or PyTorch names and layouts with ``--reference-names``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import flax
+import numpy as np
+
+from ghn_jax.hypernet.predictor import GHN2
+from ghn_jax.nets import from_arch_json, to_torch_state_dict
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--ghn', required=True, help='GHN checkpoint (.npz, reference .pt, or training workdir)')
+    parser.add_argument('--arch', required=True, help='architecture description (json)')
+    parser.add_argument('--out', required=True, help='output .npz')
+    parser.add_argument('--reference-names', action='store_true', help='PyTorch names and layouts')
+    parser.add_argument('--no-classifier', action='store_true', help='do not predict the classifier layer')
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    ghn = GHN2.from_checkpoint(args.ghn)
+    with open(args.arch) as f:
+        module, shape = from_arch_json(json.load(f))
+    pred = ghn.predict(module, shape, predict_class_layers=not args.no_classifier, return_embeddings=True)
+    if args.reference_names:
+        arrays = to_torch_state_dict(pred.params)
+    else:
+        arrays = {'/'.join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(pred.params).items()}
+    np.savez(args.out, **arrays)
+    summary = {'out': args.out, 'tensors': len(arrays), 'params': int(sum(a.size for a in arrays.values())),
+               'nodes': pred.graph.n_nodes, 'pruned': len(pred.graph.pruned),
+               'unsupported': len(pred.graph.unsupported), 'seconds': round(time.perf_counter() - start, 3)}
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

@@ -1,0 +1,155 @@
+"""Graph construction: equality with the reference graphs, special nodes, arbitrary Flax models, formats."""
+import json
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ghn_jax import nets
+from ghn_jax.graphs import PRIMITIVES, ArchGraph, UnsupportedLayerWarning, build_graph, canonical_form
+from tests.conftest import GOLDEN_ARCHS, golden_json, requires_golden
+
+
+def prims(graph):
+    return [n.primitive for n in graph.nodes]
+
+
+@requires_golden
+@pytest.mark.parametrize('arch', GOLDEN_ARCHS)
+def test_graph_equals_reference_up_to_node_order(arch):
+    module, shape = nets.from_arch_json(golden_json(arch, 'arch.json'))
+    graph = build_graph(module, shape, ve_cutoff=50)
+    mine, ref = graph.to_reference_json(), golden_json(arch, 'graph.json')
+    for key in ('n_nodes', 'n_edges_real', 'n_edges_virtual', 'max_s', 'primitives'):
+        assert mine[key] == ref[key], key
+    assert canonical_form(mine) == canonical_form(ref)
+    # Reference conventions: input first, classifier weight and bias last, pruned dead ops.
+    assert mine['nodes'][0]['primitive'] == 'input'
+    assert [n.get('role') for n in mine['nodes'][-2:]] == ['classifier_weight', 'classifier_bias']
+    pruned = golden_json(arch, 'params_shapes.json')['pruned']
+    assert sorted(nets.torch_name(p) for p in graph.pruned) == sorted(pruned)
+
+
+@requires_golden
+def test_resnet50_figures():
+    g = build_graph(nets.resnet50(10, cifar=True), (1, 32, 32, 3))
+    assert (g.n_nodes, len(g.real_edges), len(g.edges) - len(g.real_edges)) == (126, 141, 7686)
+    assert g.edges[:, 2].max() == 32
+
+
+def test_virtual_edges_are_shortest_paths_with_cutoff():
+    g = build_graph(nets.resnet18(10, cifar=True), (1, 32, 32, 3), ve_cutoff=5)
+    import networkx as nx
+    dag = nx.DiGraph([tuple(e) for e in g.real_edges[:, :2].tolist()])
+    lengths = dict(nx.all_pairs_shortest_path_length(dag, cutoff=5))
+    expected = sorted((u, v, d) for u, row in lengths.items() for v, d in row.items() if d >= 1)
+    assert sorted(map(tuple, g.edges.tolist())) == expected
+    assert build_graph(nets.resnet18(10, cifar=True), (1, 32, 32, 3), ve_cutoff=1).edges[:, 2].max() == 1
+
+
+def test_msa_and_pos_enc_nodes_are_emitted():
+    g = build_graph(nets.vit(10, C=16, n_cells=4), (1, 32, 32, 3))  # cells 1, 2 are pooling cells
+    p = prims(g)
+    assert p.count('msa') == 2 and p.count('pos_enc') == 1 and p.count('ln') == 4
+    src = {int(s) for s, d, k in g.edges if k == 1}
+    dst_of = lambda i: {int(d) for s, d, k in g.edges if k == 1 and s == i}
+    pos = p.index('pos_enc')
+    assert pos not in {int(d) for d in g.real_edges[:, 1]}                     # a source node
+    assert [g.nodes[d].primitive for d in dst_of(pos)] == ['sum']
+    for m in [i for i, q in enumerate(p) if q == 'msa']:                        # qkv conv -> msa -> out conv
+        preds = [g.nodes[s].param[-2] for s, d, k in g.edges if k == 1 and d == m]
+        assert preds == ['to_qkv'] and [g.nodes[d].param[-2] for d in dst_of(m)] == ['to_out.0']
+    assert 0 in src
+
+
+def test_cse_block_subgraph():
+    geno = nets.Genotype((('cse', 0), ('conv_3x3', 1)), (2,), (('cse', 0), ('max_pool_3x3', 1)), (2,))
+    g = build_graph(nets.Network(geno, C=8, n_cells=3), (1, 32, 32, 3))
+    p = prims(g)
+    assert p.count('cse') == 3 and p.count('glob_avg') == 1        # squeeze means are not glob_avg nodes
+    for c in [i for i, q in enumerate(p) if q == 'cse']:
+        preds = {g.nodes[s].primitive for s, d, k in g.edges if k == 1 and d == c}
+        assert preds == {'bias', 'bn'}                                # fc2 bias and the block input
+
+
+class HandWritten(nn.Module):
+    """A model written without ghn_jax helpers: residual, concat, dense head, dropout-free, LayerNorm."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(16, (3, 3), name='conv_a')(x))
+        y = nn.Conv(16, (3, 3), feature_group_count=16, name='dw')(x)
+        y = nn.BatchNorm(use_running_average=True, name='bn')(y)
+        x = jnp.concatenate([x + y, nn.Conv(8, (1, 1), use_bias=False, name='proj')(x)], -1)
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = x.mean((1, 2))
+        x = nn.LayerNorm(name='ln')(x)
+        return nn.Dense(5, name='head')(x)
+
+
+def test_hand_written_flax_model():
+    g = build_graph(HandWritten(), (1, 16, 16, 3))
+    p = prims(g)
+    assert p == ['input', 'conv', 'bias', 'sep_conv', 'bias', 'bn', 'sum', 'conv', 'concat', 'max_pool', 'glob_avg',
+                 'ln', 'conv', 'bias'] or sorted(p) == sorted(
+        ['input', 'conv', 'bias', 'sep_conv', 'bias', 'bn', 'sum', 'conv', 'concat', 'max_pool', 'glob_avg', 'ln',
+         'conv', 'bias'])
+    by_name = {n.param[0]: i for i, n in enumerate(g.nodes) if n.param is not None and n.param[-1] != 'bias'}
+    real = {(int(s), int(d)) for s, d in g.real_edges[:, :2]}
+    assert (0, by_name['conv_a']) in real
+    assert g.nodes[by_name['bn']].shift == ('bn', 'bias')
+    assert g.nodes[-2].role == 'classifier_weight' and g.nodes[-1].role == 'classifier_bias'
+    assert g.nodes[p.index('max_pool')].shape == (1, 1, 2, 2)
+    assert g.nodes[by_name['dw']].shape == (16, 1, 3, 3)      # PyTorch layout
+
+
+class WithEmbedding(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(4, (3, 3), name='conv')(x)
+        x = nn.GroupNorm(num_groups=2, name='gn')(x)
+        return nn.Dense(3, name='fc')(x.mean((1, 2)))
+
+
+def test_unsupported_layers_warn_and_are_listed():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        g = build_graph(WithEmbedding(), (1, 8, 8, 3), cache=False)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, UnsupportedLayerWarning)]
+    assert msgs and 'gn' in msgs[0] and '8 parameters' in msgs[0]
+    assert sorted(g.unsupported) == [('gn', 'bias'), ('gn', 'scale')]
+
+
+def test_dead_ops_are_pruned():
+    geno = nets.Genotype((('none', 0), ('conv_1x1', 1)), (2,), (('none', 0), ('conv_1x1', 1)), (2,))
+    g = build_graph(nets.Network(geno, C=8, n_cells=2), (1, 32, 32, 3))
+    assert ('cells.0', 'preprocess0', 'op.1', 'kernel') in g.pruned
+    assert all(n.param is None or n.param[1] != 'preprocess0' for n in g.nodes)
+
+
+def test_formats_round_trip(tmp_path):
+    g = build_graph(nets.SmallCNN((8, 16), 10), (1, 16, 16, 3))
+    d = g.to_reference_json()
+    assert d['nodes'][1]['name'] == 'features.0.weight' and d['nodes'][1]['shape'] == [8, 3, 3, 3]
+    module = nets.SmallCNN((8, 16), 10)
+    names = nets.name_map(jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params'])
+    g2 = ArchGraph.from_reference_json(json.loads(json.dumps(d)), names)
+    assert [n.param for n in g2.nodes] == [n.param for n in g.nodes]
+    assert canonical_form(g2.to_reference_json()) == canonical_form(d)
+    gt = g.to_graphs_tuple()
+    assert int(gt.n_node[0]) == g.n_nodes and len(gt.senders) == len(g.edges)
+    assert set(np.asarray(gt.nodes['primitive']).tolist()) <= set(range(len(PRIMITIVES)))
+    g.plot(str(tmp_path / 'g.png'))
+    assert (tmp_path / 'g.png').stat().st_size > 1000
+
+
+def test_graph_cli(tmp_path):
+    from ghn_jax.graphs.__main__ import main
+    arch = tmp_path / 'arch.json'
+    arch.write_text(json.dumps({'model': 'resnet18', 'num_classes': 10, 'adjust_net': True}))
+    main(['--arch', str(arch), '--out', str(tmp_path / 'graph.json'), '--png', str(tmp_path / 'graph.png')])
+    d = json.loads((tmp_path / 'graph.json').read_text())
+    assert d['n_nodes'] == len(d['nodes']) > 40 and (tmp_path / 'graph.png').exists()
