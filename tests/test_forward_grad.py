@@ -35,6 +35,10 @@ def _problem(sizes, batch=16, seed=0):
     return params, x, y
 
 
+_true_grad = jax.jit(jax.grad(_mlp_loss))
+_cosine = jax.jit(fg.tree_cosine)
+
+
 def _cosines(vfg, params, x, y, true, keys):
     return jax.vmap(lambda k: fg.tree_cosine(vfg(params, x, y, key=k)[1], true))(keys)
 
@@ -62,14 +66,14 @@ def small_problem_means():
 def test_mean_of_100d_estimates_matches_grad(small_problem_means, distribution):
     params, x, y, d, means = small_problem_means
     assert d <= 1000
-    true = jax.grad(_mlp_loss)(params, x, y)
-    assert fg.tree_cosine(means[distribution], true) >= 0.99
+    true = _true_grad(params, x, y)
+    assert _cosine(means[distribution], true) >= 0.99
 
 
 @pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
 def test_error_of_the_mean_is_unbiased_noise(small_problem_means, distribution):
     params, x, y, d, means = small_problem_means
-    true = jax.grad(_mlp_loss)(params, x, y)
+    true = _true_grad(params, x, y)
     num = 100 * d
     total_sq = sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(true))
     var_scale = 1.0 if distribution == "rademacher" else 2.0  # per-coordinate Var <= scale * |grad|^2
@@ -89,9 +93,9 @@ def test_error_of_the_mean_is_unbiased_noise(small_problem_means, distribution):
 def cosine_stats():
     """Cosines to the true gradient for several estimators, one compile (d = 525 and d = 174)."""
     params, x, y = _problem((20, 20, 5))
-    true = jax.grad(_mlp_loss)(params, x, y)
+    true = _true_grad(params, x, y)
     small = _problem((12, 10, 4))
-    small_true = jax.grad(_mlp_loss)(*small)
+    small_true = _true_grad(*small)
     key = jax.random.key(4)
 
     @jax.jit
@@ -139,7 +143,7 @@ def test_projection_beats_mean_at_equal_k_and_stays_unbiased(cosine_stats):
     # Scaled by d / K the projection is unbiased for Gaussian tangents: the mean of
     # many estimates points along the gradient with the gradient's norm.
     mean = stats["projection_mean"]
-    assert fg.tree_cosine(mean, small_true) >= 0.98
+    assert _cosine(mean, small_true) >= 0.98
     norm = lambda t: math.sqrt(sum(float(jnp.sum(a**2)) for a in jax.tree.leaves(t)))  # noqa: E731
     assert abs(norm(mean) / norm(small_true) - 1) < 0.1
 

@@ -1,0 +1,46 @@
+"""Default meta-training configuration; ``configs/*.py`` start from :func:`base_config` and override fields."""
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """GHN-2 on CIFAR-10 with the reference's protocol (spec section 8)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 1111
+
+    c.ghn = ml_collections.ConfigDict(dict(
+        hypernet='gatedgnn', ve=True, layernorm=True, weight_norm=True, hid=32, max_spatial=11, ve_cutoff=50))
+
+    c.data = ml_collections.ConfigDict(dict(
+        name='cifar10', data_dir=None, num_classes=10, image_size=32, channels=3, augment=True,
+        label_smoothing=0.0, max_train_examples=None, holdout_fraction=0.1))
+
+    c.archs = ml_collections.ConfigDict(dict(
+        split='train', seed=1, sample_width=True, max_nodes_batch=2200,
+        # Optional caps for small CPU runs (None = the generator's own ranges).
+        max_cells=None, max_channels=None))
+
+    c.meta_batch_size = 8
+    c.batch_size = 64
+    c.learning_rate = 1e-3
+    c.weight_decay = 1e-5
+    c.grad_clip = 5.0
+    c.epochs = 300
+    c.lr_milestones = (200, 250)
+    c.num_steps = -1            # -1: epochs * steps per epoch
+    c.grad_estimator = 'bp'     # 'bp' or 'fg' (forward gradients through the GHN, issue #5)
+    c.num_tangents = 1
+
+    c.log_every = 10
+    c.checkpoint_every = 200
+    c.keep_checkpoints = 3
+    c.max_nonfinite_skips = 50  # abort after this many skipped (NaN/Inf) meta-steps in a row
+    c.eval_every = 0            # evaluate on held-out archs every N steps (0: only at the end)
+    c.eval_archs = 20
+    c.eval_split = 'val'
+    c.eval_batch_size = 500
+    c.eval_examples = 2000
+    c.num_devices = 0           # 0: all local devices (data-parallel over images)
+    c.export_npz = True         # write workdir/ghn.npz at the end (ghn_jax.GHN2.from_checkpoint)
+    return c

@@ -1,0 +1,25 @@
+"""Meta-training CLI: ``python -m ghn_jax.train.main --config=configs/ghn2_cifar10.py --workdir=DIR``.
+
+Resumes from the latest checkpoint in ``--workdir``. Any config field can be overridden on the command line,
+e.g. ``--config.meta_batch_size=4 --config.num_steps=1000``.
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from ghn_jax.train.meta_train import train_and_evaluate
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', 'configs/fashion_mnist_cpu.py', 'Training configuration file.')
+flags.DEFINE_string('workdir', '/tmp/ghn_jax_run', 'Where checkpoints, metrics and the exported GHN go.')
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    logging.set_verbosity(logging.INFO)
+    summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    logging.info('done: %s', summary)
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,338 @@
+"""Meta-training a GHN on DeepNets-1M architectures (spec section 8): ``train_and_evaluate(config, workdir)``.
+
+One meta-step: sample ``meta_batch_size`` architectures (deterministically from the step number), build their
+graphs, predict all their parameters with one jitted GHN forward pass, run every net on the SAME image batch,
+average the cross-entropies, and backpropagate into the GHN:
+
+    GHN core (jit, one compile per budget) -> tiling (jit per layer shape) -> target nets (per-op jit)
+        <- vjp <-                              <- vjp <-                      <- loss gradients
+
+Nothing is compiled per architecture on the steady-state path. Images are sharded over the ``data`` axis of a
+device mesh (data parallelism over the image batch); the GHN parameters are replicated. Everything that decides
+a step (architectures, images, augmentation) is a function of (seed, step), so a resumed run continues exactly
+where a killed one stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ghn_jax.graphs.graph import ArchGraph, build_graph
+from ghn_jax.hypernet.batch import auto_budget, pack
+from ghn_jax.hypernet.ghn import GHN, GHNConfig, assemble, param_specs, to_pytree
+from ghn_jax.hypernet.predictor import GHN2, apply_ghn, init_params
+from ghn_jax.hypernet.shape_encoder import ShapeIndexer
+from ghn_jax.nets import deepnets_generator, from_arch_json
+from ghn_jax.train import data as data_lib
+from ghn_jax.train.checkpointing import Checkpointer
+from ghn_jax.train.metrics import MetricWriter, progress
+from ghn_jax.train.targets import net_loss_and_grads
+
+
+def ghn_config(config: ml_collections.ConfigDict) -> GHNConfig:
+    g = config.ghn
+    return GHNConfig(num_classes=config.data.num_classes, max_spatial=g.max_spatial, hid=g.hid,
+                     hypernet=g.hypernet, ve=g.ve, layernorm=g.layernorm, weight_norm=g.weight_norm,
+                     ve_cutoff=g.ve_cutoff)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Data and architectures: pure functions of (seed, step)
+# ------------------------------------------------------------------------------------------------------------------
+
+def to_model_input(images: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """Zero-pad (centred) or centre-crop NHWC images to ``size`` and repeat gray channels to ``channels``."""
+    n, h, w, c = images.shape
+    if h < size:
+        p0, p1 = (size - h) // 2, size - h - (size - h) // 2
+        images = np.pad(images, ((0, 0), (p0, p1), (p0, p1), (0, 0)))
+    elif h > size:
+        o = (h - size) // 2
+        images = images[:, o:o + size, o:o + size]
+    if c != channels:
+        if c != 1:
+            raise ValueError(f'cannot map {c} image channels to {channels}')
+        images = np.repeat(images, channels, axis=-1)
+    return images.astype(np.float32)
+
+
+@dataclasses.dataclass
+class ImageData:
+    """Normalised train / held-out / test images, already in the models' input format."""
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    augment: bool
+
+    def batch(self, seed: int, step: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The image batch of ``step``: epoch-wise permutation (seeded by epoch), optional crop+flip."""
+        images, labels = self.train
+        per_epoch = len(images) // batch_size
+        epoch, k = divmod(step, per_epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(len(images))
+        idx = order[k * batch_size:(k + 1) * batch_size]
+        x = images[idx]
+        if self.augment:
+            x = data_lib.random_crop_flip(x, np.random.default_rng([seed, epoch, k]))
+        return x, labels[idx]
+
+
+def load_image_data(config: ml_collections.ConfigDict) -> ImageData:
+    d = config.data
+    images, labels = data_lib.load_dataset(d.name, 'train', d.data_dir, image_size=d.image_size,
+                                           max_examples=d.max_train_examples)
+    test = data_lib.load_dataset(d.name, 'test', d.data_dir, image_size=d.image_size)
+    mean, std = data_lib.dataset_stats(d.name, images)
+    prep = lambda x: (to_model_input((x - mean) / std, d.image_size, d.channels))
+    n_val = int(len(images) * d.holdout_fraction)
+    train = (prep(images[:len(images) - n_val]), labels[:len(images) - n_val].astype(np.int32))
+    val = (prep(images[len(images) - n_val:]), labels[len(images) - n_val:].astype(np.int32)) if n_val else \
+        (prep(test[0]), test[1].astype(np.int32))
+    return ImageData(train, val, (prep(test[0]), test[1].astype(np.int32)), bool(d.augment))
+
+
+def arch_description(archs: ml_collections.ConfigDict, split: str, index: int, num_classes: int,
+                     dataset: str = 'cifar10') -> dict[str, Any]:
+    """DeepNets-1M architecture ``index`` of ``split``, with the config's optional size caps applied."""
+    d = deepnets_generator.sample(split, index, archs.seed, dataset=dataset, num_classes=num_classes,
+                                  sample_width=archs.sample_width and split == 'train')
+    args = d['network_args']
+    if archs.max_cells:
+        args['n_cells'] = min(args['n_cells'], archs.max_cells)
+    if archs.max_channels:
+        args['C'] = min(args['C'], archs.max_channels)
+        args['fc_dim'] = min(args['fc_dim'], 4 * archs.max_channels)
+    return d
+
+
+def meta_batch_indices(step: int, attempt: int, meta_batch_size: int) -> list[int]:
+    """Architecture indices of a step; ``attempt`` > 0 draws a fresh chunk when one is rejected (too many nodes)."""
+    base = (step * 16 + attempt) * meta_batch_size
+    return list(range(base, base + meta_batch_size))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The meta-step
+# ------------------------------------------------------------------------------------------------------------------
+
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Adam with coupled L2 (PyTorch ``weight_decay``), clipping before decay, step decay at epoch milestones."""
+    boundaries = {int(m * steps_per_epoch): 0.1 for m in config.lr_milestones}
+    schedule = optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.add_decayed_weights(config.weight_decay),
+                       optax.scale_by_adam(), optax.scale_by_learning_rate(schedule))
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
+def apply_update(optimizer: optax.GradientTransformation, params, opt_state, grads):
+    """One optimiser step, skipped (state unchanged) when the gradients are not finite."""
+    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+    grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), grads)
+    updates, new_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+    return keep(new_params, params), keep(new_state, opt_state), optax.global_norm(grads), finite
+
+
+@dataclasses.dataclass
+class StepOutput:
+    loss: float
+    accuracy: float
+    grads: Any
+    n_nodes: int
+    seconds: dict[str, float]
+
+
+def meta_step_grads(ghn: GHN, params, graphs: list[ArchGraph], modules: list, x, y, *,
+                    label_smoothing: float = 0.0, indexer: ShapeIndexer | None = None) -> StepOutput:
+    """Mean cross-entropy of the predicted nets on one image batch, and its gradient w.r.t. the GHN params."""
+    cfg = ghn.config
+    indexer = indexer or ShapeIndexer(cfg.num_classes, cfg.max_spatial)
+    t0 = time.perf_counter()
+    batch, layouts = pack(graphs, auto_budget(graphs, cfg.max_spatial), indexer, cfg.max_spatial)
+    out, core_vjp = jax.vjp(lambda p: apply_ghn(ghn, p, batch), params)
+    t1 = time.perf_counter()
+    cot = jax.tree_util.tree_map(jnp.zeros_like, out)
+    losses, accs = [], []
+    for b, (graph, layout, module) in enumerate(zip(graphs, layouts, modules)):
+        specs = param_specs(graph, layout)
+        flat, assemble_vjp = jax.vjp(lambda o: assemble(o, specs, b, cfg.weight_norm), out)
+        loss, logits, grads = net_loss_and_grads(module, to_pytree(flat, graph), x, y, label_smoothing)
+        gflat = flax.traverse_util.flatten_dict(grads)
+        (g_out,) = assemble_vjp({k: gflat[k] for k in flat})
+        cot = jax.tree_util.tree_map(jnp.add, cot, g_out)
+        losses.append(loss)
+        accs.append(jnp.mean(jnp.argmax(logits, -1) == y))
+    t2 = time.perf_counter()
+    n = len(graphs)
+    (grads,) = core_vjp(jax.tree_util.tree_map(lambda c: c / n, cot))
+    t3 = time.perf_counter()
+    return StepOutput(float(jnp.mean(jnp.stack(losses))), float(jnp.mean(jnp.stack(accs))), grads,
+                      sum(g.n_nodes for g in graphs),
+                      {'ghn_forward': t1 - t0, 'nets': t2 - t1, 'ghn_backward': t3 - t2})
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The training loop
+# ------------------------------------------------------------------------------------------------------------------
+
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+    devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+    # Auto axes: XLA propagates shardings; Explicit (the 0.10 default) would re-type outputs and recompile.
+    return jax.make_mesh((len(devices),), ('data',), devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Meta-train a GHN as configured, checkpointing into ``workdir``; resumes from its latest checkpoint.
+
+    Returns a summary dict (final step, last losses, evaluation of the final GHN on held-out architectures).
+    Usable from Colab: ``train_and_evaluate(configs.fashion_mnist_cpu.get_config(), '/tmp/run')``.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    if config.get('distributed', False):
+        jax.distributed.initialize()
+    cfg = ghn_config(config)
+    ghn = GHN(cfg)
+    indexer = ShapeIndexer(cfg.num_classes, cfg.max_spatial)
+    images = load_image_data(config)
+    steps_per_epoch = max(1, len(images.train[0]) // config.batch_size)
+    num_steps = config.num_steps if config.num_steps > 0 else config.epochs * steps_per_epoch
+    optimizer = make_optimizer(config, steps_per_epoch)
+    mesh = make_mesh(config.num_devices)
+    replicated = NamedSharding(mesh, P())
+    image_sharding = NamedSharding(mesh, P('data')) if config.batch_size % mesh.size == 0 else replicated
+
+    params = jax.device_put(init_params(cfg, jax.random.key(config.seed)), replicated)
+    opt_state = jax.device_put(optimizer.init(params), replicated)
+    state = {'params': params, 'opt_state': opt_state, 'step': 0}
+    ckpt = Checkpointer(workdir, config.keep_checkpoints)
+    start = 0
+    if ckpt.latest_step() is not None:
+        abstract = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.asarray(a).dtype, sharding=replicated), state)
+        state = ckpt.restore(abstract)
+        start = int(state['step'])
+        logging.info('resumed from step %d', start)
+    params, opt_state = state['params'], state['opt_state']
+    writer = MetricWriter(workdir)
+    if start == 0 and jax.process_index() == 0:
+        with open(os.path.join(workdir, 'config.json'), 'w') as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    bar = progress(num_steps, start)
+    skipped_in_a_row, step = 0, start
+    history: list[dict[str, float]] = []
+    for step in range(start, num_steps):
+        t_start = time.perf_counter()
+        modules, graphs = sample_meta_batch(config, step, cfg)
+        x, y = images.batch(config.seed, step, config.batch_size)
+        x = jax.device_put(x, image_sharding)
+        y = jax.device_put(y, image_sharding)
+        if config.grad_estimator == 'fg':
+            res = meta_step_fwd_grads(ghn, params, graphs, modules, x, y, config, step)
+        else:
+            res = meta_step_grads(ghn, params, graphs, modules, x, y, label_smoothing=config.data.label_smoothing,
+                                  indexer=indexer)
+        params, opt_state, gnorm, finite = apply_update(optimizer, params, opt_state, res.grads)
+        finite = bool(finite) and math.isfinite(res.loss)
+        skipped_in_a_row = 0 if finite else skipped_in_a_row + 1
+        if skipped_in_a_row > config.max_nonfinite_skips:
+            ckpt.save(step, {'params': params, 'opt_state': opt_state, 'step': step}, cfg.to_dict())
+            raise FloatingPointError(f'{skipped_in_a_row} non-finite meta-steps in a row at step {step}; the last '
+                                     f'good state is saved in {ckpt.directory}. Lower the learning rate and resume.')
+        row = {'loss': res.loss, 'accuracy': res.accuracy, 'grad_norm': float(gnorm), 'skipped': int(not finite),
+               'nodes': res.n_nodes, 'step_seconds': time.perf_counter() - t_start, **res.seconds}
+        history.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f'{res.loss:.3f}', acc=f'{res.accuracy:.2f}')
+        if (step + 1) % config.log_every == 0 or step + 1 == num_steps:
+            recent = history[-config.log_every:]
+            writer.write(step + 1, **{k: float(np.mean([r[k] for r in recent])) for k in recent[0]})
+        done = step + 1 == num_steps
+        if (step + 1) % config.checkpoint_every == 0 or done or ckpt.should_stop(step + 1):
+            ckpt.save(step + 1, {'params': params, 'opt_state': opt_state, 'step': step + 1}, cfg.to_dict())
+            if ckpt.should_stop(step + 1) and not done:
+                logging.warning('preempted: checkpoint saved at step %d, exiting', step + 1)
+                bar.close()
+                return {'step': step + 1, 'preempted': True}
+        if config.eval_every and (step + 1) % config.eval_every == 0 and not done:
+            writer.write(step + 1, **evaluate_on_archs(GHN2(cfg, params), config, images))
+    bar.close()
+    summary: dict[str, Any] = {'step': num_steps, 'train_loss_last': history[-1]['loss'] if history else None}
+    final = GHN2(cfg, params)
+    if config.export_npz and jax.process_index() == 0:
+        final.save(os.path.join(workdir, 'ghn.npz'), step=num_steps)
+    summary.update(evaluate_on_archs(final, config, images))
+    writer.write(num_steps, **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    writer.close()
+    ckpt.close()
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
+def sample_meta_batch(config: ml_collections.ConfigDict, step: int, cfg: GHNConfig):
+    """Modules and graphs of one meta-batch; chunks above ``max_nodes_batch`` total nodes are redrawn."""
+    for attempt in range(16):
+        modules, graphs = [], []
+        for index in meta_batch_indices(step, attempt, config.meta_batch_size):
+            module, shape = from_arch_json(arch_description(config.archs, 'train', index, cfg.num_classes))
+            modules.append(module)
+            graphs.append(build_graph(module, shape, ve_cutoff=cfg.graph_cutoff, cache=False))
+        if sum(g.n_nodes for g in graphs) <= config.archs.max_nodes_batch:
+            return modules, graphs
+    raise RuntimeError(f'no meta-batch under {config.archs.max_nodes_batch} nodes at step {step}')
+
+
+def meta_step_fwd_grads(ghn: GHN, params, graphs, modules, x, y, config, step: int) -> StepOutput:
+    """Forward-gradient estimate of the meta-gradient (``grad_estimator='fg'``, issue #5): no backward pass."""
+    from ghn_jax.train.forward_grad import value_and_fwd_grad
+    from ghn_jax.train.targets import net_logits
+    cfg = ghn.config
+    batch, layouts = pack(graphs, auto_budget(graphs, cfg.max_spatial),
+                          ShapeIndexer(cfg.num_classes, cfg.max_spatial), cfg.max_spatial)
+
+    def loss_fn(p):
+        out = apply_ghn(ghn, p, batch)
+        losses = []
+        for b, (graph, layout, module) in enumerate(zip(graphs, layouts, modules)):
+            flat = assemble(out, param_specs(graph, layout), b, cfg.weight_norm)
+            logits = net_logits(module, to_pytree(flat, graph), x)
+            losses.append(optax.softmax_cross_entropy_with_integer_labels(logits, y).mean())
+        return jnp.mean(jnp.stack(losses))
+
+    t0 = time.perf_counter()
+    loss, grads = value_and_fwd_grad(loss_fn, num_tangents=config.num_tangents)(
+        params, key=jax.random.fold_in(jax.random.key(config.seed), step))
+    return StepOutput(float(loss), float('nan'), grads, sum(g.n_nodes for g in graphs),
+                      {'fwd_grad': time.perf_counter() - t0})
+
+
+def evaluate_on_archs(ghn: GHN2, config: ml_collections.ConfigDict, images: ImageData) -> dict[str, float]:
+    """Mean +- standard error of the accuracy of predicted parameters on held-out architectures."""
+    from ghn_jax.train.evaluate import accuracy_of
+    split = config.eval_split
+    x, y = images.val if split == 'val' else images.test
+    x, y = x[:config.eval_examples], y[:config.eval_examples]
+    accs = []
+    for i in range(config.eval_archs):
+        module, shape = from_arch_json(arch_description(config.archs, split, i, ghn.config.num_classes))
+        accs.append(accuracy_of(module, ghn.predict(module, shape), x, y, config.eval_batch_size))
+    accs = np.asarray(accs) * 100
+    return {f'eval_{split}_acc_mean': float(accs.mean()),
+            f'eval_{split}_acc_se': float(accs.std(ddof=1) / np.sqrt(len(accs))) if len(accs) > 1 else 0.0}

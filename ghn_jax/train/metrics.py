@@ -1,0 +1,62 @@
+"""Metric sinks: JSON lines (always), TensorBoard via tensorboardX (no TensorFlow), and a tqdm progress bar."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+from tqdm.auto import tqdm
+
+
+class MetricWriter:
+    """Writes ``{step, time, **metrics}`` to ``workdir/metrics.jsonl`` and TensorBoard scalars (process 0 only)."""
+
+    def __init__(self, workdir: str, tensorboard: bool = True):
+        self.active = jax.process_index() == 0
+        self.path = os.path.join(workdir, 'metrics.jsonl')
+        self.tb = None
+        if self.active and tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+                self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+            except ImportError:
+                self.tb = None
+
+    def write(self, step: int, **metrics: Any) -> None:
+        if not self.active:
+            return
+        row = {'step': int(step), 'time': time.time(), **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self.path, 'a') as f:
+            f.write(json.dumps(row) + '\n')
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ('step', 'time') and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _plain(v: Any) -> Any:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    """All rows of ``workdir/metrics.jsonl`` (empty list if there are none)."""
+    path = os.path.join(workdir, 'metrics.jsonl')
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def progress(total: int, initial: int = 0, desc: str = 'meta-train') -> tqdm:
+    """A progress bar with rate and ETA (disabled on non-zero processes)."""
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, disable=jax.process_index() != 0,
+                smoothing=0.1)

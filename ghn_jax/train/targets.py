@@ -1,0 +1,69 @@
+"""Running target networks inside meta-training and evaluation: loss, logits and parameter gradients.
+
+Two back-ends, same results:
+  * ``per_op`` (default when available): :mod:`ghn_jax.train.executor` runs each op through a jitted function
+    cached by op signature, so a never-seen architecture reuses compiled code;
+  * ``whole_net``: one ``jax.jit`` per architecture (simple, but compiles every new architecture).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+BACKEND = {'name': 'per_op'}
+
+
+def set_backend(name: str) -> None:
+    """Choose ``'per_op'`` or ``'whole_net'`` execution of target networks."""
+    if name not in ('per_op', 'whole_net'):
+        raise ValueError(f'unknown target-net backend {name!r}')
+    BACKEND['name'] = name
+
+
+def _executor():
+    if BACKEND['name'] != 'per_op':
+        return None
+    try:
+        from ghn_jax.train import executor
+    except ImportError:
+        return None
+    return executor
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Mean (label-smoothed) cross-entropy, as the reference's CIFAR-10 / ImageNet losses."""
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing) \
+        if label_smoothing else jax.nn.one_hot(labels, logits.shape[-1])
+    return optax.softmax_cross_entropy(logits, targets).mean()
+
+
+@functools.lru_cache(maxsize=32)
+def _whole_net_fns(module: nn.Module, label_smoothing: float):
+    def loss_fn(params, x, y):
+        logits = module.apply({'params': params}, x)
+        return cross_entropy(logits, y, label_smoothing), logits
+    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True)), jax.jit(module.apply)
+
+
+def net_loss_and_grads(module: nn.Module, params: Any, x: jax.Array, y: jax.Array,
+                       label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array, Any]:
+    """(mean loss, logits, d loss / d params) of ``module`` with ``params`` on one batch."""
+    ex = _executor()
+    if ex is not None:
+        return ex.loss_and_grads(module, params, x, y, loss_fn=functools.partial(
+            cross_entropy, label_smoothing=label_smoothing))
+    (loss, logits), grads = _whole_net_fns(module, float(label_smoothing))[0](params, x, y)
+    return loss, logits, grads
+
+
+def net_logits(module: nn.Module, params: Any, x: jax.Array) -> jax.Array:
+    """Forward pass of ``module`` (differentiable, also under ``jax.jvp``)."""
+    ex = _executor()
+    if ex is not None and hasattr(ex, 'forward'):
+        return ex.forward(module, params, x)
+    return _whole_net_fns(module, 0.0)[1]({'params': params}, x)
