@@ -12,3 +12,8 @@ Layout (read top-down, each arrow is "is consumed by"):
 """
 
 __version__ = "0.1.0"
+
+from ghn_jax import graphs, nets  # noqa: E402
+from ghn_jax.hypernet.predictor import GHN2  # noqa: E402
+
+__all__ = ['GHN2', 'graphs', 'nets']

@@ -101,7 +101,7 @@ def cosine_stats():
     @jax.jit
     def stats():
         out = {}
-        keys = jax.random.split(key, 2000)
+        keys = jax.random.split(key, 1000)
         for dist in ("rademacher", "gaussian"):
             out[f"single_{dist}"] = _cosines(fg.value_and_fwd_grad(_mlp_loss, distribution=dist), params, x, y, true, keys)
         for k in (4, 16, 64):

@@ -153,3 +153,32 @@ def test_graph_cli(tmp_path):
     main(['--arch', str(arch), '--out', str(tmp_path / 'graph.json'), '--png', str(tmp_path / 'graph.png')])
     d = json.loads((tmp_path / 'graph.json').read_text())
     assert d['n_nodes'] == len(d['nodes']) > 40 and (tmp_path / 'graph.png').exists()
+
+
+@pytest.mark.parametrize('which', ['resnet18', 'cse_net', 'vit'])
+def test_fast_parameter_placeholders_give_the_same_graph(which, monkeypatch):
+    """Tracing with placeholder parameters (trace.FAST_INIT) and with the real initializers gives one graph."""
+    from ghn_jax.graphs import trace
+    if which == 'resnet18':
+        module, shape = nets.resnet18(10, cifar=True), (1, 32, 32, 3)
+    elif which == 'vit':
+        module, shape = nets.vit(10, C=16, n_cells=4), (1, 32, 32, 3)   # PosEnc: a normal() closure, traced as is
+    else:
+        geno = nets.Genotype((('cse', 0), ('sep_conv_3x3', 1)), (2,), (('max_pool_3x3', 0), ('dil_conv_3x3', 1)), (2,))
+        module, shape = nets.Network(geno, C=8, n_cells=3), (1, 32, 32, 3)
+    fast = build_graph(module, shape, cache=False)
+    monkeypatch.setattr(trace, 'FAST_INIT', False)
+    slow = build_graph(module, shape, cache=False)
+    assert fast.to_reference_json() == slow.to_reference_json()
+    assert fast.param_shapes == slow.param_shapes and fast.pruned == slow.pruned
+    assert fast.unsupported == slow.unsupported
+
+
+def test_placeholders_never_leak_into_real_initialisation():
+    """After a graph build, module.init outside the tracer still draws real (random, non-zero) parameters."""
+    module = nets.SmallCNN((8,), 10)
+    before = module.init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))['params']
+    build_graph(module, (1, 16, 16, 3), cache=False)
+    after = module.init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))['params']
+    jax.tree_util.tree_map(np.testing.assert_array_equal, before, after)
+    assert np.abs(np.asarray(after['features.0']['kernel'])).min() > 0

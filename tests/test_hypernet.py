@@ -202,3 +202,53 @@ def test_reference_pt_of_the_golden_ghn_loads_identically(golden_ghn, tmp_path):
     ghn = GHN2.from_checkpoint(str(tmp_path / 'ghn.pt'))
     assert ghn.config == golden_ghn.config
     jax.tree_util.tree_map(np.testing.assert_array_equal, ghn.params, golden_ghn.params)
+
+
+def test_host_assembly_equals_jitted_assembly(golden_ghn):
+    """Prediction and training tile on the host (numpy, nothing to compile); the jitted, differentiable
+    ``assemble`` gives the same tensors (indexing exact, sigmoid/tanh to float32 rounding) and the same VJP."""
+    from ghn_jax.hypernet.ghn import HOST_OUTPUTS, assemble, assemble_host, assemble_host_vjp, param_specs
+    models = [(nets.vit(10, C=16, n_cells=4), (1, 32, 32, 3)), (_random_archs(1, seed=4)[0], (1, 32, 32, 3)),
+              (nets.SmallCNN((8, 16), 10), (1, 16, 16, 3))]
+    graphs = [golden_ghn.graph(m, s) for m, s in models]
+    batch, layouts = golden_ghn.pack(graphs)
+    out = apply_ghn(golden_ghn.module, golden_ghn.params, batch)
+    host = {k: np.asarray(out[k]) for k in HOST_OUTPUTS}
+    kinds = set()
+    for b, (g, layout) in enumerate(zip(graphs, layouts)):
+        specs = param_specs(g, layout)
+        kinds |= {s.kind for s in specs}
+        for normalize in (True, False):
+            want = assemble(out, specs, b, normalize)
+            got = assemble_host(host, specs, b, normalize)
+            assert set(got) == set(want)
+            for path in want:
+                assert got[path].shape == want[path].shape and got[path].dtype == np.float32
+                np.testing.assert_allclose(got[path], want[path], rtol=1e-6, atol=1e-7, err_msg=str(path))
+            # Training folds parameter gradients back on the host: the same VJP as the jitted assembly's.
+            rng = np.random.default_rng(b)
+            grads = {p: rng.standard_normal(np.shape(v)).astype(np.float32) for p, v in want.items()}
+            (want_cot,) = jax.vjp(lambda o: assemble(o, specs, b, normalize), out)[1](grads)
+            cot = {k: np.zeros_like(v) for k, v in host.items()}
+            assemble_host_vjp(host, specs, b, normalize, grads, cot)
+            for k in HOST_OUTPUTS:
+                np.testing.assert_allclose(cot[k], want_cot[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    assert {'conv', 'dense', 'classifier', 'pos_enc', 'gain', 'shift', 'bias', 'classifier_bias'} <= kinds
+
+
+def test_prediction_compiles_nothing_but_the_ghn(golden_ghn, caplog):
+    """Once a budget is compiled, predicting for new architectures that fit it compiles nothing at all
+    (no per-shape tiling functions, no eager array conversions)."""
+    import logging
+    budget = Budget(nodes=128, positions=2048, graphs=1)
+    archs = _random_archs(4, seed=7)
+    golden_ghn.predict(archs[0], (1, 32, 32, 3), budget=budget)
+    jax.config.update('jax_log_compiles', True)
+    try:
+        with caplog.at_level(logging.WARNING, logger='jax'):
+            for module in archs[1:]:
+                jax.block_until_ready(golden_ghn.predict(module, (1, 32, 32, 3), budget=budget))
+    finally:
+        jax.config.update('jax_log_compiles', False)
+    compiles = [r.getMessage() for r in caplog.records if 'Finished XLA compilation' in r.getMessage()]
+    assert compiles == []

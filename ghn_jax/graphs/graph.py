@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import json
 import warnings
 from typing import Any
@@ -256,9 +257,24 @@ def _finalise(raw, ve_cutoff: int, warn: bool) -> ArchGraph:
     return graph
 
 
+def _build(module: nn.Module, input_shape: tuple[int, ...], ve_cutoff: int) -> ArchGraph:
+    """Trace and finalise, with Python's cyclic garbage collector paused.
+
+    Tracing allocates many short-lived objects; with jax and flax loaded the collector's full passes over the
+    heap cost about a fifth of the build time. The pause is restored (and the garbage collected normally) after.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _finalise(trace_module(module, input_shape), ve_cutoff, warn=True)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 @functools.lru_cache(maxsize=64)
 def _cached_build(module: nn.Module, input_shape: tuple[int, ...], ve_cutoff: int) -> ArchGraph:
-    return _finalise(trace_module(module, input_shape), ve_cutoff, warn=True)
+    return _build(module, input_shape, ve_cutoff)
 
 
 def build_graph(module: nn.Module, input_shape: tuple[int, ...], ve_cutoff: int = 50,
@@ -274,4 +290,4 @@ def build_graph(module: nn.Module, input_shape: tuple[int, ...], ve_cutoff: int 
             return _cached_build(module, input_shape, int(ve_cutoff))
         except TypeError:  # unhashable module attributes
             pass
-    return _finalise(trace_module(module, input_shape), int(ve_cutoff), warn=True)
+    return _build(module, input_shape, int(ve_cutoff))

@@ -15,10 +15,16 @@ that emitted them (the jaxpr name stack carries module paths):
 
 Nodes whose output never reaches the network output are pruned (their parameters are reported as ``pruned``);
 parameters used by modules that are not known layers are reported as ``unsupported`` (with a warning).
+
+Speed (graph construction is on the critical path of every prediction): while tracing, parameters created by the
+standard JAX/Flax initializers with a known shape and dtype are staged as a single ``broadcast_in_dim`` instead of
+tracing the initializer and its PRNG key derivation (they only need a shape and an identity in the jaxpr; their
+values never matter). Other initializers are traced as usual. See :data:`FAST_INIT`.
 """
 from __future__ import annotations
 
 import dataclasses
+import threading
 import warnings
 from typing import Any
 
@@ -26,6 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.core import scope as flax_scope
 from jax.extend import core as jcore
 
 from ghn_jax.nets.layers import BatchNorm, PosEnc
@@ -35,6 +42,52 @@ PRIMITIVES = ('max_pool', 'avg_pool', 'sep_conv', 'dil_conv', 'conv', 'msa', 'cs
 PRIMITIVE_ID = {p: i for i, p in enumerate(PRIMITIVES)}
 
 Path = tuple[str, ...]
+
+#: Stage parameters of standard initializers as placeholders while tracing (see the module docstring). Setting it to
+#: False traces every initializer; the graph is the same either way (tests check it), only slower to build.
+FAST_INIT = True
+
+_INITIALIZER_MODULES = ('jax.nn.initializers', 'jax._src.nn.initializers')
+_ZEROS_ONES = (jax.nn.initializers.zeros, jax.nn.initializers.ones)
+_tracing = threading.local()      # .active: this thread is inside trace_module with FAST_INIT
+_original_param = None            # flax's Scope.param, wrapped once by _install_fast_init
+
+
+def _placeholder_spec(init_fn, init_args: tuple, init_kwargs: dict) -> jax.ShapeDtypeStruct | None:
+    """Shape and dtype of ``init_fn(key, *init_args, **init_kwargs)`` without calling it, for the standard
+    initializers of ``jax.nn.initializers`` (all return exactly ``shape`` in ``dtype``); None when not sure."""
+    if getattr(init_fn, '__module__', None) not in _INITIALIZER_MODULES:
+        return None
+    try:
+        shape = init_args[0] if init_args else init_kwargs['shape']
+        dtype = init_args[1] if len(init_args) > 1 else init_kwargs.get('dtype')
+        if dtype is None:  # closures (normal(dtype=...), lecun_normal(dtype=...)) may carry their own default
+            if init_fn not in _ZEROS_ONES:
+                return None
+            dtype = jnp.float_
+        return jax.ShapeDtypeStruct(tuple(int(d) for d in shape), jax.dtypes.canonicalize_dtype(dtype))
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
+def _fast_param(self, name, init_fn, *init_args, unbox=True, **init_kwargs):
+    """``flax.core.scope.Scope.param``, except inside :func:`trace_module`: a new parameter of a standard
+    initializer becomes one staged ``broadcast_in_dim`` of zeros (no initializer, no PRNG key derivation)."""
+    spec = _placeholder_spec(init_fn, init_args, init_kwargs) if getattr(_tracing, 'active', False) else None
+    if spec is None or self.has_variable('params', name) or not self.is_mutable_collection('params'):
+        return _original_param(self, name, init_fn, *init_args, unbox=unbox, **init_kwargs)
+    self.reserve(name, 'params')
+    value = jax.lax.broadcast_in_dim(np.zeros((), spec.dtype), spec.shape, ())
+    self.put_variable('params', name, value)
+    return value
+
+
+def _install_fast_init() -> None:
+    """Wrap ``Scope.param`` once (thread-safe in effect: the wrapper only differs in a thread that is tracing)."""
+    global _original_param
+    if _original_param is None:
+        _original_param = flax_scope.Scope.param
+        flax_scope.Scope.param = _fast_param
 
 
 @dataclasses.dataclass
@@ -97,6 +150,8 @@ class _Tracer:
         self.scope_msa: dict[Path, int] = {}
         self.gating_scopes: set[Path] = set()
         self.unsupported: dict[Path, set[Path]] = {}
+        self.layer_nodes: dict[Path, frozenset] = {}   # all nodes a known layer created (never its inputs)
+        self._scope_cache: dict = {}
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def add_node(self, node: Node) -> int:
@@ -108,8 +163,15 @@ class _Tracer:
             if p != dst:
                 self.edges.add((p, dst))
 
-    def scope_of(self, name_stack: str, prefix: Path = ()) -> Path:
+    def scope_of(self, name_stack, prefix: Path = ()) -> Path:
         """Innermost Flax module path of an equation (jit/function names in the name stack are dropped)."""
+        key = (name_stack, prefix)
+        hit = self._scope_cache.get(key)
+        if hit is None:
+            hit = self._scope_cache[key] = self._scope_of(name_stack, prefix)
+        return hit
+
+    def _scope_of(self, name_stack, prefix: Path) -> Path:
         parts = tuple(p for p in str(name_stack).split('/') if p)
         full = prefix + (parts[1:] if not prefix else parts)  # the root entry is the top module's class name
         for i in range(len(full), 0, -1):
@@ -132,6 +194,7 @@ class _Tracer:
         kind = _known_layer(module)
         has = lambda leaf: path + (leaf,) in self.param_shapes
         chain: list[int] = []
+        first_new = len(self.nodes)
         if kind in ('conv', 'dense'):
             kernel = path + ('kernel',)
             shape = self.param_shapes[kernel]
@@ -166,6 +229,7 @@ class _Tracer:
         for a, b in zip(chain[:-1], chain[1:]):
             self.edges.add((a, b))
         self.layer_chains[path] = chain
+        self.layer_nodes[path] = frozenset(range(first_new, len(self.nodes)))
         return chain
 
     # -- the walk ------------------------------------------------------------------------------------------------
@@ -213,7 +277,7 @@ class _Tracer:
         layer = self.known_layer_scope(scope)
         if layer is not None:
             chain = self.layer_chain(layer)
-            own = set(chain) | {p for p, d in self.edges if d in chain}
+            own = self.layer_nodes[layer]  # the layer's own nodes; edges from its inputs are a set, so re-adding is a no-op
             for v in acts:
                 self.connect(v.producers - own, chain[0])
             return _Val('act', producers=frozenset([chain[-1]]))
@@ -278,9 +342,16 @@ def trace_module(module: nn.Module, input_shape: tuple[int, ...], dtype=jnp.floa
         return next_fun(*args, **kwargs)
 
     x = jax.ShapeDtypeStruct(tuple(input_shape), dtype)
-    with nn.intercept_methods(record):
-        closed, out_shape = jax.make_jaxpr(lambda x: module.init_with_output(jax.random.key(0), x),
-                                           return_shape=True)(x)
+    if FAST_INIT:
+        _install_fast_init()
+    previous = getattr(_tracing, 'active', False)
+    _tracing.active = FAST_INIT
+    try:
+        with nn.intercept_methods(record):
+            closed, out_shape = jax.make_jaxpr(lambda x: module.init_with_output(jax.random.key(0), x),
+                                               return_shape=True)(x)
+    finally:
+        _tracing.active = previous
     leaves = jax.tree_util.tree_flatten_with_path(out_shape)[0]
     overrides, param_shapes, output_positions = {}, {}, []
     for i, ((key_path, leaf), var) in enumerate(zip(leaves, closed.jaxpr.outvars)):
@@ -292,9 +363,12 @@ def trace_module(module: nn.Module, input_shape: tuple[int, ...], dtype=jnp.floa
             overrides[var] = _Val('param', params=frozenset([path]))
             param_shapes[path] = tuple(leaf.shape)
     x_var = closed.jaxpr.invars[0]
-    first, _ = _walk(closed, overrides, x_var, modules, param_shapes, set())
-    gating = {first.nodes[i].scope for i in range(len(first.nodes)) if first.nodes[i].primitive == 'cse'}
-    tracer, outs = _walk(closed, overrides, x_var, modules, param_shapes, gating)
+    # First pass: find the gating (CSE) scopes, whose squeeze means are then dropped in a second pass. Without
+    # gating scopes the second pass would repeat the first exactly, so it is skipped.
+    tracer, outs = _walk(closed, overrides, x_var, modules, param_shapes, set())
+    gating = {n.scope for n in tracer.nodes if n.primitive == 'cse'}
+    if gating:
+        tracer, outs = _walk(closed, overrides, x_var, modules, param_shapes, gating)
     outputs = frozenset().union(*[outs[i].producers for i in output_positions if outs[i].kind == 'act'])
     if not outputs:
         raise ValueError('the module output does not depend on its input; nothing to trace')

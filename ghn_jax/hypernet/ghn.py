@@ -166,6 +166,63 @@ def assemble(out: dict[str, jax.Array], specs: list[ParamSpec], graph_index: int
     return params
 
 
+HOST_OUTPUTS = ('blocks', 'cls_blocks', 'gains', 'shifts', 'cls_bias')
+
+
+def assemble_host(out: dict[str, np.ndarray], specs: list[ParamSpec], graph_index: int, normalize: bool
+                  ) -> dict[tuple[str, ...], np.ndarray]:
+    """:func:`assemble` on the host, in numpy (not differentiable): for prediction.
+
+    ``out`` holds the GHN outputs of :data:`HOST_OUTPUTS` as numpy arrays. Unlike :func:`assemble`, which runs one
+    jitted function per (kind, shape) and so compiles ~35 functions for a ResNet-50 the first time, this compiles
+    nothing; the tensors equal :func:`assemble`'s (indexing is exact, the normalisation agrees to float32 rounding).
+    """
+    params = {}
+    for s in specs:
+        if s.kind == 'conv':
+            params[s.path] = tiling.np_conv_kernel(out['blocks'], s.start, s.shape, normalize)
+        elif s.kind == 'dense':
+            params[s.path] = tiling.np_dense_kernel(out['blocks'], s.start, s.shape, normalize)
+        elif s.kind == 'classifier':
+            params[s.path] = tiling.np_classifier_kernel(out['cls_blocks'], graph_index, s.shape, normalize)
+        elif s.kind == 'pos_enc':
+            params[s.path] = tiling.np_pos_encoding(out['blocks'], s.start, s.shape)
+        elif s.kind == 'gain':
+            params[s.path] = tiling.np_vector(out['gains'], s.node, s.shape[0], 'gain', normalize)
+        elif s.kind in ('shift', 'bias'):
+            params[s.path] = tiling.np_vector(out['shifts'], s.node, s.shape[0], 'bias', normalize)
+        elif s.kind == 'classifier_bias':
+            params[s.path] = tiling.np_vector(out['cls_bias'], s.node, s.shape[0], 'bias', normalize)
+    return params
+
+
+def assemble_host_vjp(out: dict[str, np.ndarray], specs: list[ParamSpec], graph_index: int, normalize: bool,
+                      grads: dict[tuple[str, ...], np.ndarray], cotangent: dict[str, np.ndarray]) -> None:
+    """Add the vector-Jacobian product of :func:`assemble_host` for ``grads`` ({path: d loss/d param}) into
+    ``cotangent`` (numpy arrays shaped like ``out``), in place. Together with :func:`assemble_host` this is how
+    meta-training moves between GHN outputs and target parameters without compiling anything per layer shape."""
+    for s in specs:
+        if s.path not in grads:
+            continue
+        g = np.asarray(grads[s.path], np.float32)
+        if s.kind == 'conv':
+            blocks = cotangent['blocks']
+            blocks[s.start:s.start + s.shape[0] * s.shape[1]] += tiling.np_conv_kernel_vjp(
+                g, blocks.shape[1:], s.shape, normalize)
+        elif s.kind == 'dense':
+            cotangent['blocks'][s.start] += tiling.np_dense_kernel_vjp(g, cotangent['blocks'].shape[1:], normalize)
+        elif s.kind == 'classifier':
+            cls = cotangent['cls_blocks']
+            cls[graph_index] += tiling.np_dense_kernel_vjp(g, cls.shape[1:], normalize)
+        elif s.kind == 'pos_enc':
+            blocks = cotangent['blocks']
+            blocks[s.start:s.start + s.shape[1] * s.shape[2]] += tiling.np_pos_encoding_vjp(g, blocks.shape[1:])
+        else:
+            name = {'gain': 'gains', 'shift': 'shifts', 'bias': 'shifts', 'classifier_bias': 'cls_bias'}[s.kind]
+            kind = 'gain' if s.kind == 'gain' else 'bias'
+            cotangent[name][s.node] += tiling.np_vector_vjp(g, out[name][s.node], kind, normalize)
+
+
 def to_pytree(flat: dict[tuple[str, ...], Any], graph: ArchGraph, fill_missing: bool = True) -> dict:
     """Nested params dict for ``module.apply``; parameters without a node (pruned dead ops, unsupported layers)
     are filled with zeros when ``fill_missing`` (dead ops never influence the output)."""
@@ -173,5 +230,5 @@ def to_pytree(flat: dict[tuple[str, ...], Any], graph: ArchGraph, fill_missing: 
     if fill_missing:
         for path, shape in graph.param_shapes.items():
             if path not in flat:
-                flat[path] = jnp.zeros(shape, jnp.float32)
+                flat[path] = np.zeros(shape, np.float32)  # numpy: an eager jnp.zeros compiles once per shape
     return flax.traverse_util.unflatten_dict(flat)

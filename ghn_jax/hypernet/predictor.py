@@ -21,7 +21,7 @@ import numpy as np
 from ghn_jax.graphs.graph import ArchGraph, build_graph
 from ghn_jax.hypernet import checkpoint as ckpt
 from ghn_jax.hypernet.batch import Budget, GHNBatch, auto_budget, pack
-from ghn_jax.hypernet.ghn import GHN, GHNConfig, assemble, param_specs, to_pytree
+from ghn_jax.hypernet.ghn import HOST_OUTPUTS, GHN, GHNConfig, assemble_host, param_specs, to_pytree
 from ghn_jax.hypernet.shape_encoder import ShapeIndexer
 
 
@@ -43,7 +43,8 @@ class GHN2:
         self.config = config
         self.module = GHN(config)
         self.indexer = ShapeIndexer(config.num_classes, config.max_spatial)
-        self.params = jax.tree_util.tree_map(jnp.asarray, params)
+        # device_put, not jnp.asarray: in this jax version jnp.asarray of a numpy array compiles a copy per shape.
+        self.params = jax.device_put(params)
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -69,7 +70,8 @@ class GHN2:
             config = GHNConfig(**meta['config']) if 'config' in meta else ckpt.infer_config(state)
         config = dataclasses.replace(config, **config_overrides)
         params = ckpt.torch_to_flax(state)
-        ckpt.check_params(params, jax.eval_shape(functools.partial(init_params, config), jax.random.key(0)), path)
+        # The key is made inside eval_shape: an eager jax.random.key(0) would compile a seeding function.
+        ckpt.check_params(params, jax.eval_shape(lambda: init_params(config, jax.random.key(0))), path)
         return cls(config, params)
 
     def save(self, path: str, **extra: Any) -> None:
@@ -105,17 +107,19 @@ class GHN2:
             graphs = [self._encode_classifier_as_own(g) for g in graphs]
         batch, layouts = self.pack(graphs, budget)
         out = apply_ghn(self.module, self.params, batch)
+        host = {k: np.asarray(out[k]) for k in HOST_OUTPUTS}   # tensors are tiled on the host: nothing to compile
+        embeddings = np.asarray(out['embeddings'])              # (indexing a jax array eagerly would compile)
         results = []
         for b, (g, layout, (m, shape)) in enumerate(zip(graphs, layouts, models)):
             specs = param_specs(g, layout, predict_class_layers)
-            flat = assemble(out, specs, b, self.config.weight_norm)
+            flat = jax.device_put(assemble_host(host, specs, b, self.config.weight_norm))
             if not predict_class_layers:
                 init = jax.jit(m.init)(rng if rng is not None else jax.random.key(0), jnp.zeros(shape or (1, 32, 32, 3)))
                 init_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(init['params']))
                 for n in g.nodes:
                     if n.role in ('classifier_weight', 'classifier_bias'):
                         flat[n.param] = init_flat[n.param]
-            emb = np.asarray(out['embeddings'][b, :g.n_nodes])
+            emb = embeddings[b, :g.n_nodes]
             results.append(Prediction(to_pytree(flat, g), g, emb))
         return results
 
@@ -147,4 +151,5 @@ def _apply(module: GHN, params, batch: GHNBatch):
 
 def apply_ghn(module: GHN, params, batch: GHNBatch) -> dict[str, jax.Array]:
     """The jitted GHN core on a packed batch (compiled once per budget and configuration)."""
-    return _apply(module, params, jax.tree_util.tree_map(jnp.asarray, batch))
+    # The numpy arrays of the batch go to the jitted function as they are (jnp.asarray would compile per shape).
+    return _apply(module, params, batch)

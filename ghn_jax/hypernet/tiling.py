@@ -11,6 +11,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _tile_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -68,3 +69,122 @@ def vector(rows: jax.Array, index: jax.Array, size: int, kind: str, normalize: b
     if not normalize:
         return w
     return 2.0 * jax.nn.sigmoid(0.5 * w) if kind == 'gain' else jnp.tanh(0.2 * w)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Host (numpy) versions, for inference: the same tensors without compiling anything.
+#
+# The jitted functions above compile once per (kind, shape): a ResNet-50 needs ~35 compiles (seconds) the first time.
+# Prediction does not need gradients, so :func:`~ghn_jax.hypernet.ghn.assemble_host` uses these instead; they do the
+# same indexing (bit-identical) and the same normalisation (sigmoid/tanh agree to float32 rounding). Tests check
+# that both paths agree.
+# ------------------------------------------------------------------------------------------------------------------
+
+def _np_tile_to(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """numpy ``_tile_to``: repeat ``x`` along every axis to cover ``shape``, crop; a fresh C-contiguous array.
+
+    Written in one pass (a broadcast assignment into a ``(reps_0, s_0, reps_1, s_1, ...)`` view) rather than with
+    ``np.tile``, which copies once per axis: the tensors of a ResNet-50 are ~94 MB, so passes over memory dominate.
+    """
+    reps = tuple(math.ceil(t / s) for t, s in zip(shape, x.shape))
+    full = tuple(r * s for r, s in zip(reps, x.shape))
+    out = np.empty(full, x.dtype)
+    interleaved = tuple(d for r, s in zip(reps, x.shape) for d in (r, s))
+    out.reshape(interleaved)[...] = x.reshape(tuple(d for s in x.shape for d in (1, s)))
+    if full != tuple(shape):
+        out = np.ascontiguousarray(out[tuple(slice(0, t) for t in shape)])
+    return out
+
+
+def _scaled(x: np.ndarray, scale: float | None) -> np.ndarray:
+    # Scaling the small block before tiling gives the same values as scaling the tiled tensor (same products).
+    return x if scale is None else x * np.float32(scale)
+
+
+def np_conv_kernel(blocks: np.ndarray, start: int, shape: tuple[int, ...], normalize: bool) -> np.ndarray:
+    """numpy :func:`conv_kernel`."""
+    kh, kw, i, o = shape
+    blk = blocks[start:start + kh * kw].reshape(kh, kw, *blocks.shape[1:])
+    scale = weight_scale((o, i, kh, kw)) if normalize else None
+    return _np_tile_to(_scaled(np.swapaxes(blk, 2, 3), scale), shape)
+
+
+def np_dense_kernel(blocks: np.ndarray, start: int, shape: tuple[int, ...], normalize: bool) -> np.ndarray:
+    """numpy :func:`dense_kernel`."""
+    scale = weight_scale((shape[1], shape[0])) if normalize else None
+    return _np_tile_to(_scaled(blocks[start].T, scale), shape)
+
+
+def np_classifier_kernel(cls_blocks: np.ndarray, graph: int, shape: tuple[int, ...], normalize: bool) -> np.ndarray:
+    """numpy :func:`classifier_kernel`."""
+    scale = weight_scale((shape[1], shape[0])) if normalize else None
+    return _np_tile_to(_scaled(cls_blocks[graph].T, scale), shape)
+
+
+def np_pos_encoding(blocks: np.ndarray, start: int, shape: tuple[int, ...]) -> np.ndarray:
+    """numpy :func:`pos_encoding`."""
+    _, s1, s2, c = shape
+    blk = blocks[start:start + s1 * s2].reshape(s1, s2, *blocks.shape[1:])
+    return _np_tile_to(blk[:, :, 0, :], (s1, s2, c))[None]
+
+
+def np_vector(rows: np.ndarray, index: int, size: int, kind: str, normalize: bool) -> np.ndarray:
+    """numpy :func:`vector` (normalised on the 64-row before tiling: the same values, fewer evaluations)."""
+    w = rows[index]
+    if normalize:
+        w = (np.float32(2.0) / (np.float32(1.0) + np.exp(np.float32(-0.5) * w)) if kind == 'gain'
+             else np.tanh(np.float32(0.2) * w)).astype(np.float32)
+    return _np_tile_to(w, (size,))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Host vector-Jacobian products of the numpy versions, for meta-training.
+#
+# Tiling repeats a block, so the gradient of the block is the sum of the gradient over all its tiles ("folding").
+# Doing this in numpy means meta-training compiles nothing per layer shape either: with jitted tiling, every new
+# (kind, shape) of a freshly sampled net cost a forward and a backward compile, most of the compiles of a step.
+# ------------------------------------------------------------------------------------------------------------------
+
+def np_fold_to(g: np.ndarray, block_shape: tuple[int, ...]) -> np.ndarray:
+    """Transpose of :func:`_np_tile_to`: sum ``g`` over every tile of ``block_shape`` it was cropped from."""
+    reps = tuple(math.ceil(t / s) for t, s in zip(g.shape, block_shape))
+    full = tuple(r * s for r, s in zip(reps, block_shape))
+    if full != g.shape:
+        g = np.pad(g, [(0, f - t) for f, t in zip(full, g.shape)])
+    interleaved = tuple(d for r, s in zip(reps, block_shape) for d in (r, s))
+    return g.reshape(interleaved).sum(axis=tuple(range(0, 2 * len(block_shape), 2)), dtype=np.float32)
+
+
+def np_conv_kernel_vjp(g: np.ndarray, block_shape: tuple[int, ...], shape: tuple[int, ...], normalize: bool
+                       ) -> np.ndarray:
+    """Cotangent of the ``kh*kw`` consecutive decoded blocks ``(kh*kw, out, in)`` that :func:`np_conv_kernel` read."""
+    kh, kw, i, o = shape
+    scale = weight_scale((o, i, kh, kw)) if normalize else None
+    folded = _scaled(np_fold_to(g, (kh, kw, block_shape[1], block_shape[0])), scale)
+    return np.swapaxes(folded, 2, 3).reshape(kh * kw, *block_shape)
+
+
+def np_dense_kernel_vjp(g: np.ndarray, block_shape: tuple[int, ...], normalize: bool) -> np.ndarray:
+    """Cotangent of the decoded block ``(out, in)`` that :func:`np_dense_kernel` / classifier kernels read."""
+    scale = weight_scale((g.shape[1], g.shape[0])) if normalize else None
+    return _scaled(np_fold_to(g, block_shape[::-1]), scale).T
+
+
+def np_pos_encoding_vjp(g: np.ndarray, block_shape: tuple[int, ...]) -> np.ndarray:
+    """Cotangent of the ``s*s`` decoded blocks that :func:`np_pos_encoding` read (only their output row 0)."""
+    _, s1, s2, _ = g.shape
+    cot = np.zeros((s1, s2, *block_shape), np.float32)
+    cot[:, :, 0, :] = np_fold_to(g[0], (s1, s2, block_shape[1]))
+    return cot.reshape(s1 * s2, *block_shape)
+
+
+def np_vector_vjp(g: np.ndarray, row: np.ndarray, kind: str, normalize: bool) -> np.ndarray:
+    """Cotangent of the decoded row that :func:`np_vector` read."""
+    folded = np_fold_to(g, row.shape)
+    if not normalize:
+        return folded
+    if kind == 'gain':  # d/dw 2 sigmoid(w/2) = sigmoid(w/2) (1 - sigmoid(w/2))
+        s = np.float32(1.0) / (np.float32(1.0) + np.exp(np.float32(-0.5) * row))
+        return (folded * s * (np.float32(1.0) - s)).astype(np.float32)
+    t = np.tanh(np.float32(0.2) * row)  # d/dw tanh(w/5) = (1 - tanh^2) / 5
+    return (folded * np.float32(0.2) * (np.float32(1.0) - t * t)).astype(np.float32)

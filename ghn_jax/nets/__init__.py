@@ -34,8 +34,8 @@ def from_arch_json(d: dict[str, Any]) -> tuple[nn.Module, tuple[int, ...]]:
         args.setdefault('num_classes', num_classes)
         args.setdefault('is_imagenet_input', False)
         module = network_from_args(d['genotype'], **args)
-        side = 224 if module.is_imagenet_input else 32
-        return module, (1, side, side, 3)
+        c, h, w = size or (3,) + (224 if module.is_imagenet_input else 32,) * 2
+        return module, (1, h, w, c)
     if 'model' in d:
         name = str(d['model']).split('.')[-1].lower()
         if name == 'vit':

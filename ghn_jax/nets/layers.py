@@ -14,6 +14,9 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
+
+from ghn_jax.nets.kernels import avg_pool2d, depthwise_conv2d, max_pool2d
 
 TORCH_BN_EPS = 1e-5
 
@@ -48,15 +51,50 @@ class PosEnc(nn.Module):
         return x + weight
 
 
+class DepthwiseConv(nn.Conv):
+    """``nn.Conv`` with ``feature_group_count == features == in_channels``, run by the fast depthwise kernel.
+
+    Same fields, parameter names, shapes and initial values as ``nn.Conv`` (``kernel`` (kh, kw, 1, C), optional
+    ``bias``), and still an ``nn.Conv`` instance, so parameter paths, the graph tracer and the executor are
+    unaffected; only the computation changes (:func:`~ghn_jax.nets.kernels.depthwise_conv2d`, much faster than
+    XLA:CPU's grouped convolution). Expects 2-D NHWC inputs and explicit ``[(lo, hi), (lo, hi)]`` padding, as
+    :func:`torch_conv` gives; a grouped conv that is not depthwise (in_channels != groups) uses XLA's grouped conv.
+    """
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        channels = inputs.shape[-1]
+        groups = self.feature_group_count
+        kernel_size = tuple(self.kernel_size)
+        kernel = self.param('kernel', self.kernel_init, kernel_size + (channels // groups, self.features),
+                            self.param_dtype)
+        bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        padding = tuple(tuple(p) for p in self.padding)
+        dilation = tuple(self.kernel_dilation or (1, 1))
+        if groups == self.features == channels:
+            y = depthwise_conv2d(inputs, kernel, self.strides or 1, padding, dilation)
+        else:  # grouped but not depthwise (e.g. 8 -> 4 channels in 4 groups): XLA's grouped conv, as nn.Conv
+            y = jax.lax.conv_general_dilated(inputs, kernel, tuple(self.strides or (1, 1)), padding,
+                                             rhs_dilation=dilation, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                             feature_group_count=groups, precision=self.precision)
+        return y if bias is None else y + bias
+
+
 def torch_conv(features: int, kernel: int | Sequence[int], stride: int | Sequence[int] = 1,
                padding: int | Sequence[int] = 0, dilation: int = 1, groups: int = 1, bias: bool = False,
                name: str | None = None) -> nn.Conv:
-    """An ``nn.Conv`` configured like ``torch.nn.Conv2d`` (symmetric explicit padding, groups, dilation)."""
+    """An ``nn.Conv`` configured like ``torch.nn.Conv2d`` (symmetric explicit padding, groups, dilation).
+
+    Depthwise convs (``groups == features``; torch requires in_channels == groups as well, checked at call time)
+    are a :class:`DepthwiseConv`, which computes the same function with a fast kernel.
+    """
     kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
     stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
     padding = (padding, padding) if isinstance(padding, int) else tuple(padding)
-    return nn.Conv(features, kernel, strides=stride, padding=[(p, p) for p in padding],
-                   kernel_dilation=(dilation, dilation), feature_group_count=groups, use_bias=bias, name=name)
+    cls = DepthwiseConv if groups > 1 and groups == features and len(kernel) == 2 else nn.Conv
+    return cls(features, kernel, strides=stride, padding=[(p, p) for p in padding],
+               kernel_dilation=(dilation, dilation), feature_group_count=groups, use_bias=bias, name=name)
 
 
 def norm_layer(norm: str | None, features: int, name: str) -> nn.Module | None:
@@ -69,14 +107,13 @@ def norm_layer(norm: str | None, features: int, name: str) -> nn.Module | None:
 
 
 def max_pool(x: jax.Array, kernel: int, stride: int, padding: int) -> jax.Array:
-    """torch.nn.MaxPool2d (implicit -inf padding)."""
-    return nn.max_pool(x, (kernel, kernel), (stride, stride), [(padding, padding)] * 2)
+    """torch.nn.MaxPool2d (implicit -inf padding), by the fast-backward kernel of :mod:`ghn_jax.nets.kernels`."""
+    return max_pool2d(x, kernel, stride, padding)
 
 
 def avg_pool(x: jax.Array, kernel: int, stride: int, padding: int, count_include_pad: bool = False) -> jax.Array:
-    """torch.nn.AvgPool2d; DeepNets-1M uses ``count_include_pad=False``."""
-    return nn.avg_pool(x, (kernel, kernel), (stride, stride), [(padding, padding)] * 2,
-                       count_include_pad=count_include_pad)
+    """torch.nn.AvgPool2d; DeepNets-1M uses ``count_include_pad=False``. Fast-backward kernel of ``kernels``."""
+    return avg_pool2d(x, kernel, stride, padding, count_include_pad)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from ghn_jax.hypernet.ghn import GHNConfig
 
@@ -56,8 +58,27 @@ class Checkpointer:
             return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
         except Exception as e:  # orbax raises many types; say which checkpoint and what to do
             raise RuntimeError(
-                f'could not restore checkpoint step {step} from {self.directory}: {e}. If it is corrupt, delete '
-                f'{os.path.join(self.directory, str(step))} to resume from the previous one.') from e
+                f'could not restore checkpoint step {step} from {self.directory}: {e}') from e
+
+    def restore_latest_good(self, abstract_state: dict[str, Any]) -> dict[str, Any]:
+        """Restore the newest checkpoint that reads back; unreadable newer ones are reported and moved aside."""
+        errors = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state = self.restore(abstract_state, step)
+            except RuntimeError as e:
+                # Keep the unreadable checkpoint for inspection, out of the way of the steps about to be redone.
+                aside = os.path.join(os.path.dirname(self.directory), 'checkpoints_unreadable')
+                os.makedirs(aside, exist_ok=True)
+                shutil.move(os.path.join(self.directory, str(step)), os.path.join(aside, str(step)))
+                logging.warning('%s\nmoved it to %s', e, aside)
+                errors.append(str(e))
+                self.manager.reload()
+                continue
+            if errors:
+                logging.warning('resuming from step %d, the newest readable checkpoint', step)
+            return state
+        raise RuntimeError('no readable checkpoint in ' + self.directory + ':\n' + '\n'.join(errors))
 
     def close(self) -> None:
         self.manager.close()

@@ -3,6 +3,8 @@
 Resumes from the latest checkpoint in ``--workdir``. Any config field can be overridden on the command line,
 e.g. ``--config.meta_batch_size=4 --config.num_steps=1000``.
 """
+import json
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -16,9 +18,10 @@ flags.DEFINE_string('workdir', '/tmp/ghn_jax_run', 'Where checkpoints, metrics a
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments {argv[1:]}')
-    logging.set_verbosity(logging.INFO)
+    if not FLAGS['verbosity'].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    logging.info('done: %s', summary)
+    print(json.dumps(summary, indent=1))
 
 
 if __name__ == '__main__':

@@ -33,7 +33,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ghn_jax.graphs.graph import ArchGraph, build_graph
 from ghn_jax.hypernet.batch import auto_budget, pack
-from ghn_jax.hypernet.ghn import GHN, GHNConfig, assemble, param_specs, to_pytree
+from ghn_jax.hypernet.ghn import (HOST_OUTPUTS, GHN, GHNConfig, assemble, assemble_host, assemble_host_vjp,
+                                  param_specs, to_pytree)
 from ghn_jax.hypernet.predictor import GHN2, apply_ghn, init_params
 from ghn_jax.hypernet.shape_encoder import ShapeIndexer
 from ghn_jax.nets import deepnets_generator, from_arch_json
@@ -105,11 +106,12 @@ def load_image_data(config: ml_collections.ConfigDict) -> ImageData:
     return ImageData(train, val, (prep(test[0]), test[1].astype(np.int32)), bool(d.augment))
 
 
-def arch_description(archs: ml_collections.ConfigDict, split: str, index: int, num_classes: int,
-                     dataset: str = 'cifar10') -> dict[str, Any]:
-    """DeepNets-1M architecture ``index`` of ``split``, with the config's optional size caps applied."""
-    d = deepnets_generator.sample(split, index, archs.seed, dataset=dataset, num_classes=num_classes,
+def arch_description(config: ml_collections.ConfigDict, split: str, index: int) -> dict[str, Any]:
+    """DeepNets-1M architecture ``index`` of ``split`` for the configured images, with optional size caps."""
+    archs, data = config.archs, config.data
+    d = deepnets_generator.sample(split, index, archs.seed, num_classes=data.num_classes,
                                   sample_width=archs.sample_width and split == 'train')
+    d['input_size'] = [data.channels, data.image_size, data.image_size]
     args = d['network_args']
     if archs.max_cells:
         args['n_cells'] = min(args['n_cells'], archs.max_cells)
@@ -159,30 +161,36 @@ class StepOutput:
 
 def meta_step_grads(ghn: GHN, params, graphs: list[ArchGraph], modules: list, x, y, *,
                     label_smoothing: float = 0.0, indexer: ShapeIndexer | None = None) -> StepOutput:
-    """Mean cross-entropy of the predicted nets on one image batch, and its gradient w.r.t. the GHN params."""
+    """Mean cross-entropy of the predicted nets on one image batch, and its gradient w.r.t. the GHN params.
+
+    The GHN core runs jitted under ``jax.vjp``; its outputs are tiled into each net's parameters on the host
+    (:func:`assemble_host`), each net runs op by op (:mod:`ghn_jax.train.targets`), and its parameter gradients are
+    folded back into a cotangent of the GHN outputs on the host (:func:`assemble_host_vjp`). Only the core is ever
+    compiled for the step itself (once per padding budget); the nets reuse cached op executables.
+    """
     cfg = ghn.config
     indexer = indexer or ShapeIndexer(cfg.num_classes, cfg.max_spatial)
     t0 = time.perf_counter()
     batch, layouts = pack(graphs, auto_budget(graphs, cfg.max_spatial), indexer, cfg.max_spatial)
     out, core_vjp = jax.vjp(lambda p: apply_ghn(ghn, p, batch), params)
+    host = {k: np.asarray(out[k]) for k in HOST_OUTPUTS}
+    cot = {k: np.zeros(v.shape, np.float32) for k, v in out.items()}
     t1 = time.perf_counter()
-    cot = jax.tree_util.tree_map(jnp.zeros_like, out)
+    replicated = NamedSharding(x.sharding.mesh, P()) if isinstance(x.sharding, NamedSharding) else None
     losses, accs = [], []
     for b, (graph, layout, module) in enumerate(zip(graphs, layouts, modules)):
         specs = param_specs(graph, layout)
-        flat, assemble_vjp = jax.vjp(lambda o: assemble(o, specs, b, cfg.weight_norm), out)
-        loss, logits, grads = net_loss_and_grads(module, to_pytree(flat, graph), x, y, label_smoothing)
-        gflat = flax.traverse_util.flatten_dict(grads)
-        (g_out,) = assemble_vjp({k: gflat[k] for k in flat})
-        cot = jax.tree_util.tree_map(jnp.add, cot, g_out)
-        losses.append(loss)
-        accs.append(jnp.mean(jnp.argmax(logits, -1) == y))
+        net_params = jax.device_put(to_pytree(assemble_host(host, specs, b, cfg.weight_norm), graph), replicated)
+        loss, logits, grads = net_loss_and_grads(module, net_params, x, y, label_smoothing)
+        grads = flax.traverse_util.flatten_dict(jax.device_get(grads))
+        assemble_host_vjp(host, specs, b, cfg.weight_norm, grads, cot)
+        losses.append(float(loss))
+        accs.append(float(jnp.mean(jnp.argmax(logits, -1) == y)))
     t2 = time.perf_counter()
     n = len(graphs)
-    (grads,) = core_vjp(jax.tree_util.tree_map(lambda c: c / n, cot))
+    (grads,) = core_vjp({k: v / n for k, v in cot.items()})
     t3 = time.perf_counter()
-    return StepOutput(float(jnp.mean(jnp.stack(losses))), float(jnp.mean(jnp.stack(accs))), grads,
-                      sum(g.n_nodes for g in graphs),
+    return StepOutput(float(np.mean(losses)), float(np.mean(accs)), grads, sum(g.n_nodes for g in graphs),
                       {'ghn_forward': t1 - t0, 'nets': t2 - t1, 'ghn_backward': t3 - t2})
 
 
@@ -197,6 +205,15 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
                          axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def enable_compilation_cache(directory: str) -> None:
+    """Keep every compiled executable on disk, so restarts and later runs skip the op compiles."""
+    if jax.config.jax_compilation_cache_dir:  # already set (e.g. JAX_COMPILATION_CACHE_DIR): keep it
+        return
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(directory))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Meta-train a GHN as configured, checkpointing into ``workdir``; resumes from its latest checkpoint.
 
@@ -206,6 +223,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     os.makedirs(workdir, exist_ok=True)
     if config.get('distributed', False):
         jax.distributed.initialize()
+    if config.get('compilation_cache_dir'):
+        enable_compilation_cache(config.compilation_cache_dir)
     cfg = ghn_config(config)
     ghn = GHN(cfg)
     indexer = ShapeIndexer(cfg.num_classes, cfg.max_spatial)
@@ -225,9 +244,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if ckpt.latest_step() is not None:
         abstract = jax.tree_util.tree_map(
             lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.asarray(a).dtype, sharding=replicated), state)
-        state = ckpt.restore(abstract)
+        state = ckpt.restore_latest_good(abstract)
         start = int(state['step'])
-        logging.info('resumed from step %d', start)
+        logging.warning('resumed from step %d of %s', start, ckpt.directory)
     params, opt_state = state['params'], state['opt_state']
     writer = MetricWriter(workdir)
     if start == 0 and jax.process_index() == 0:
@@ -251,18 +270,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         params, opt_state, gnorm, finite = apply_update(optimizer, params, opt_state, res.grads)
         finite = bool(finite) and math.isfinite(res.loss)
         skipped_in_a_row = 0 if finite else skipped_in_a_row + 1
-        if skipped_in_a_row > config.max_nonfinite_skips:
-            ckpt.save(step, {'params': params, 'opt_state': opt_state, 'step': step}, cfg.to_dict())
-            raise FloatingPointError(f'{skipped_in_a_row} non-finite meta-steps in a row at step {step}; the last '
-                                     f'good state is saved in {ckpt.directory}. Lower the learning rate and resume.')
         row = {'loss': res.loss, 'accuracy': res.accuracy, 'grad_norm': float(gnorm), 'skipped': int(not finite),
                'nodes': res.n_nodes, 'step_seconds': time.perf_counter() - t_start, **res.seconds}
         history.append(row)
         bar.update(1)
         bar.set_postfix(loss=f'{res.loss:.3f}', acc=f'{res.accuracy:.2f}')
-        if (step + 1) % config.log_every == 0 or step + 1 == num_steps:
-            recent = history[-config.log_every:]
+        if not finite:
+            logging.warning('step %d: non-finite loss or gradients, update skipped (%d in a row)', step,
+                            skipped_in_a_row)
+        if (step + 1) % config.log_every == 0 or step + 1 == num_steps or not finite:
+            recent = history[-config.log_every:] if finite else [row]
             writer.write(step + 1, **{k: float(np.mean([r[k] for r in recent])) for k in recent[0]})
+        if skipped_in_a_row > config.max_nonfinite_skips:
+            # The parameters are those of the last good step (skipped updates leave them untouched).
+            ckpt.save(step + 1, {'params': params, 'opt_state': opt_state, 'step': step + 1}, cfg.to_dict())
+            bar.close()
+            raise FloatingPointError(f'{skipped_in_a_row} non-finite meta-steps in a row at step {step}; the last '
+                                     f'good state is saved in {ckpt.directory}. Lower the learning rate and resume.')
         done = step + 1 == num_steps
         if (step + 1) % config.checkpoint_every == 0 or done or ckpt.should_stop(step + 1):
             ckpt.save(step + 1, {'params': params, 'opt_state': opt_state, 'step': step + 1}, cfg.to_dict())
@@ -278,7 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.export_npz and jax.process_index() == 0:
         final.save(os.path.join(workdir, 'ghn.npz'), step=num_steps)
     summary.update(evaluate_on_archs(final, config, images))
-    writer.write(num_steps, **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    writer.write(num_steps, **{k: v for k, v in summary.items() if k != 'step' and isinstance(v, (int, float))})
     writer.close()
     ckpt.close()
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
@@ -291,7 +315,7 @@ def sample_meta_batch(config: ml_collections.ConfigDict, step: int, cfg: GHNConf
     for attempt in range(16):
         modules, graphs = [], []
         for index in meta_batch_indices(step, attempt, config.meta_batch_size):
-            module, shape = from_arch_json(arch_description(config.archs, 'train', index, cfg.num_classes))
+            module, shape = from_arch_json(arch_description(config, 'train', index))
             modules.append(module)
             graphs.append(build_graph(module, shape, ve_cutoff=cfg.graph_cutoff, cache=False))
         if sum(g.n_nodes for g in graphs) <= config.archs.max_nodes_batch:
@@ -327,11 +351,13 @@ def evaluate_on_archs(ghn: GHN2, config: ml_collections.ConfigDict, images: Imag
     """Mean +- standard error of the accuracy of predicted parameters on held-out architectures."""
     from ghn_jax.train.evaluate import accuracy_of
     split = config.eval_split
+    if not config.eval_archs:
+        return {}
     x, y = images.val if split == 'val' else images.test
     x, y = x[:config.eval_examples], y[:config.eval_examples]
     accs = []
     for i in range(config.eval_archs):
-        module, shape = from_arch_json(arch_description(config.archs, split, i, ghn.config.num_classes))
+        module, shape = from_arch_json(arch_description(config, split, i))
         accs.append(accuracy_of(module, ghn.predict(module, shape), x, y, config.eval_batch_size))
     accs = np.asarray(accs) * 100
     return {f'eval_{split}_acc_mean': float(accs.mean()),

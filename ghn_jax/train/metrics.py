@@ -60,3 +60,19 @@ def progress(total: int, initial: int = 0, desc: str = 'meta-train') -> tqdm:
     """A progress bar with rate and ETA (disabled on non-zero processes)."""
     return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, disable=jax.process_index() != 0,
                 smoothing=0.1)
+
+
+def plot_curves(workdir: str, path: str, keys: tuple[str, ...] = ('loss', 'accuracy')) -> None:
+    """Training curves (metric vs step) from ``workdir/metrics.jsonl`` as a PNG."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rows = [r for r in read_metrics(workdir) if 'loss' in r]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2))
+    for ax, key in zip(list(axes) if len(keys) > 1 else [axes], keys):
+        ax.plot([r['step'] for r in rows if key in r], [r[key] for r in rows if key in r])
+        ax.set_xlabel('meta-step')
+        ax.set_ylabel(f'train {key}')
+        ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120, bbox_inches='tight')
+    plt.close(fig)

@@ -1,0 +1,112 @@
+"""Meta-training step time and memory, replaying the reference's meta-batches (prints JSON).
+
+Replays ../shared/bench/deepnets_train_metabatches.json: 8 DeepNets-1M nets per step, 64 random 32x32 images,
+GHN-2 (hid 32, virtual edges, LayerNorm, normalisation), Adam with clipping. Steps 0-1 warm up; steps 2-13 are
+measured twice: the first ("cold") pass is what a fresh run pays while the op cache fills, the second ("warm")
+pass is the steady state a long run reaches once op signatures stop being new. Per step it reports the GHN forward,
+the target nets (forward+backward, op by op), the GHN backward and the optimiser; for the warm pass also a
+forward-only run of the nets, which splits target time into forward and backward.
+
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1048576 python benchmarks/meta_train.py [--steps 2-13]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ghn_jax.graphs.graph import build_graph
+from ghn_jax.hypernet.ghn import GHN, GHNConfig
+from ghn_jax.hypernet.predictor import init_params
+from ghn_jax.nets import from_arch_json
+from ghn_jax.train import executor, meta_train
+from ghn_jax.train.config import base_config
+
+BENCH = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'bench', 'deepnets_train_metabatches.json')
+
+
+def load_step(step_nets: list[dict], cfg: GHNConfig):
+    modules, graphs = [], []
+    for arch in step_nets:
+        module, shape = from_arch_json({'genotype': arch['genotype'],
+                                        'network_args': {k: v for k, v in arch.items() if k != 'genotype'}})
+        modules.append(module)
+        graphs.append(build_graph(module, shape, ve_cutoff=cfg.graph_cutoff, cache=False))
+    return modules, graphs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--bench', default=BENCH)
+    parser.add_argument('--steps', default='2-13', help='measured steps, e.g. 2-13')
+    args = parser.parse_args()
+    lo, hi = (int(s) for s in args.steps.split('-'))
+    with open(args.bench) as f:
+        batches = {b['step']: b['nets'] for b in json.load(f)}
+
+    config = base_config()
+    cfg = meta_train.ghn_config(config)
+    ghn = GHN(cfg)
+    params = init_params(cfg, jax.random.key(0))
+    optimizer = meta_train.make_optimizer(config, 1000)
+    opt_state = optimizer.init(params)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((64, 32, 32, 3)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, 64).astype(np.int32))
+
+    def run(step: int, forward_split: bool = False) -> dict[str, float]:
+        t0 = time.perf_counter()
+        modules, graphs = load_step(batches[step], cfg)
+        t1 = time.perf_counter()
+        res = meta_train.meta_step_grads(ghn, params, graphs, modules, x, y)
+        t2 = time.perf_counter()
+        new = meta_train.apply_update(optimizer, params, opt_state, res.grads)
+        jax.block_until_ready(new[0])
+        t3 = time.perf_counter()
+        row = {'step': step, 'graphs': t1 - t0, **res.seconds, 'optimizer': t3 - t2, 'total': t3 - t0,
+               'loss': res.loss}
+        if forward_split:
+            t = time.perf_counter()
+            for module, graph in zip(modules, graphs):
+                p = module.init(jax.random.key(0), x[:1])['params']
+                jax.block_until_ready(executor.forward(module, p, x))
+            row['nets_forward_only'] = time.perf_counter() - t
+        return row
+
+    for step in range(0, lo):
+        run(step)
+    cold = [run(s) for s in range(lo, hi + 1)]
+    warm = [run(s, forward_split=True) for s in range(lo, hi + 1)]
+
+    def med(rows, key):
+        return statistics.median(r[key] for r in rows)
+
+    keys = ('total', 'graphs', 'ghn_forward', 'nets', 'ghn_backward', 'optimizer')
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    fwd = med(warm, 'nets_forward_only')
+    print(json.dumps({
+        'benchmark': 'meta_train_step', 'steps': f'{lo}-{hi}', 'meta_batch': 8, 'images': '64x32x32x3',
+        'cold_median_s': {k: round(med(cold, k), 3) for k in keys},
+        'warm_median_s': {k: round(med(warm, k), 3) for k in keys},
+        'warm_target_nets_split_s': {'forward': round(fwd, 3), 'backward': round(med(warm, 'nets') - fwd, 3)},
+        'peak_rss_gb': round(peak_gb, 2),
+        'op_signatures_compiled': executor.STATS.traces,
+        'targets': {'median_step_s': 4.0, 'peak_rss_gb': 3.5},
+        'reference': {'median_step_s': 6.34, 'peak_rss_gb': 7.3},
+        'met': {'warm_step': med(warm, 'total') <= 4.0, 'cold_step': med(cold, 'total') <= 4.0,
+                'peak_rss': peak_gb <= 3.5},
+        'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
+        'loadavg': os.getloadavg(),
+        'per_step': {'cold': cold, 'warm': warm},
+    }, indent=1))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,318 @@
+"""Fast XLA:CPU kernels for the slow ops of DeepNets-1M target networks: depthwise conv, max-pool, avg-pool.
+
+Why: on XLA:CPU ``lax.conv_general_dilated(feature_group_count=C)`` is 10-70x slower than a shift-and-multiply
+formulation in the forward pass, and the backward passes of depthwise conv and of ``reduce_window`` pooling
+(``select_and_scatter``) are several times slower than the hand-written ones below (see
+``docs/target_net_execution.md``, "Kernel findings", and ``benchmarks/kernels.py``).
+
+How: every op is a :func:`jax.custom_jvp` whose tangent is a :func:`jax.custom_derivatives.linear_call`, i.e. a
+linear map with a hand-written transpose. This gives the custom *backward* pass (what a ``custom_vjp`` would give)
+while keeping *forward-mode* differentiation working: target networks must stay differentiable under ``jax.jvp``
+(forward gradients, local losses), which a ``custom_vjp`` forbids. ``linear_call`` has no batching rule in jax
+0.10, so :func:`_linear_call_batch` adds one that evaluates the linear map vmapped (used by ``vmap`` over ``jvp``).
+
+Backward passes:
+
+* depthwise conv, w.r.t. x: a "full" correlation of the stride-dilated cotangent with the flipped kernel (one pad
+  and k^2 shifted slices); w.r.t. w: k^2 per-channel reductions;
+* max-pool: the index of the first maximum of every window (the tie-break of ``lax.reduce_window`` and torch) is
+  kept from the forward pass; the cotangent is scattered back with k^2 padded slices;
+* avg-pool: the cotangent divided by the window counts goes through the same full correlation (with ones).
+
+Primal passes that the graph tracer must recognise keep their ``reduce_window`` primitive: the pools' primal
+functions (what ``make_jaxpr`` records inside ``custom_jvp_call``) are the same ``lax.reduce_window`` calls as
+``flax.linen.max_pool``/``avg_pool``. Values are identical to the lax versions up to float32 summation order.
+
+Layouts: NHWC activations, depthwise kernels ``(kh, kw, 1, C)`` as Flax stores them.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.custom_derivatives import SymbolicZero, linear_call
+
+Pair = tuple[int, int]
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+# -- linear_call batching ----------------------------------------------------------------------------------------
+
+def _linear_call_batch(args, dims, *, callee, **_):
+    """Batching rule for ``linear_call``: evaluate the linear function itself under ``vmap``.
+
+    The batched result is plain JAX code, still differentiable (with JAX's own transpose) if ever needed.
+    """
+    from jax.extend import core as jcore
+    from jax._src.interpreters import batching  # noqa: internal registry, no public API for batching rules
+    not_mapped = getattr(batching, 'not_mapped', None)
+    in_axes = [None if d is not_mapped else d for d in dims]
+    outs = jax.vmap(lambda *a: jcore.jaxpr_as_fun(callee)(*a), in_axes=in_axes)(*args)
+    return list(outs), [0] * len(outs)
+
+
+def _register_linear_call_batching() -> None:
+    """Install :func:`_linear_call_batch` unless this jax version already has a batching rule."""
+    from jax._src.custom_derivatives import linear_call_p
+    from jax._src.interpreters import batching
+    if linear_call_p not in batching.fancy_primitive_batchers:
+        batching.primitive_batchers[linear_call_p] = _linear_call_batch
+
+
+_register_linear_call_batching()
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+
+def _pair(v: int | Sequence[int]) -> Pair:
+    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
+
+
+def _padding(p) -> Padding:
+    """int, (ph, pw) or ((top, bottom), (left, right)) -> ((top, bottom), (left, right))."""
+    if isinstance(p, (int, np.integer)):
+        return ((int(p), int(p)), (int(p), int(p)))
+    a, b = p
+    a = (int(a), int(a)) if isinstance(a, (int, np.integer)) else (int(a[0]), int(a[1]))
+    b = (int(b), int(b)) if isinstance(b, (int, np.integer)) else (int(b[0]), int(b[1]))
+    return (a, b)
+
+
+def _out_size(n: int, k: int, s: int, pad: tuple[int, int], d: int) -> int:
+    return (n + pad[0] + pad[1] - d * (k - 1) - 1) // s + 1
+
+
+def _taps(xp: jax.Array, kernel: Pair, stride: Pair, dilation: Pair, out_hw: Pair):
+    """Yield ((i, j), xp[:, i*dh :: sh, j*dw :: sw]) cut to the output size, for every kernel tap."""
+    n, _, _, c = xp.shape
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            start = (0, i * dilation[0], j * dilation[1], 0)
+            limit = (n, start[1] + (out_hw[0] - 1) * stride[0] + 1, start[2] + (out_hw[1] - 1) * stride[1] + 1, c)
+            yield (i, j), lax.slice(xp, start, limit, (1, stride[0], stride[1], 1))
+
+
+def _pad_hw(x: jax.Array, padding: Padding, value: float = 0.0) -> jax.Array:
+    cfg = ((0, 0, 0), (padding[0][0], padding[0][1], 0), (padding[1][0], padding[1][1], 0), (0, 0, 0))
+    return lax.pad(x, jnp.asarray(value, x.dtype), cfg)
+
+
+def _full_correlation(g: jax.Array, taps: dict[Pair, jax.Array | None], in_hw: Pair, kernel: Pair, stride: Pair,
+                      padding: Padding, dilation: Pair) -> jax.Array:
+    """Transpose of ``sum_ij tap_ij(pad(x)) * w_ij`` w.r.t. x: dx[h] = sum_ij gd[h + pad - i*d] * w_ij.
+
+    ``gd`` is the cotangent dilated by the stride (zeros in between); it is padded once so that every tap is a
+    plain slice of size ``in_hw``. ``taps[(i, j)]`` is the per-channel weight of tap (i, j), or None for 1.
+    """
+    ho, wo = g.shape[1:3]
+    lo = [(kernel[a] - 1) * dilation[a] - padding[a][0] for a in range(2)]
+    hi = [in_hw[a] + padding[a][0] - ((g.shape[1 + a] - 1) * stride[a] + 1) for a in range(2)]
+    del ho, wo
+    cfg = ((0, 0, 0), (lo[0], hi[0], stride[0] - 1), (lo[1], hi[1], stride[1] - 1), (0, 0, 0))
+    gp = lax.pad(g, jnp.zeros((), g.dtype), cfg)
+    n, c = g.shape[0], g.shape[3]
+    dx = None
+    for (i, j), w in taps.items():
+        a, b = (kernel[0] - 1 - i) * dilation[0], (kernel[1] - 1 - j) * dilation[1]
+        term = lax.slice(gp, (0, a, b, 0), (n, a + in_hw[0], b + in_hw[1], c))
+        if w is not None:
+            term = term * w
+        dx = term if dx is None else dx + term
+    return dx
+
+
+# -- depthwise conv ----------------------------------------------------------------------------------------------
+
+def _dw_apply(x: jax.Array, w: jax.Array, stride: Pair, padding: Padding, dilation: Pair) -> jax.Array:
+    """Shift-and-multiply depthwise conv: sum over taps of a strided slice of the padded input times w[i, j]."""
+    kernel = w.shape[:2]
+    out_hw = tuple(_out_size(x.shape[1 + a], kernel[a], stride[a], padding[a], dilation[a]) for a in range(2))
+    y = None
+    for (i, j), tap in _taps(_pad_hw(x, padding), kernel, stride, dilation, out_hw):
+        term = tap * w[i, j, 0]
+        y = term if y is None else y + term
+    return y
+
+
+def _dw_grad_x(w: jax.Array, g: jax.Array, in_hw: Pair, stride: Pair, padding: Padding, dilation: Pair) -> jax.Array:
+    kernel = w.shape[:2]
+    taps = {(i, j): w[i, j, 0] for i in range(kernel[0]) for j in range(kernel[1])}
+    return _full_correlation(g, taps, in_hw, kernel, stride, padding, dilation)
+
+
+def _dw_grad_w(x: jax.Array, g: jax.Array, kernel: Pair, stride: Pair, padding: Padding,
+               dilation: Pair) -> jax.Array:
+    """dw[i, j, 0, c] = sum_{n, h, w} tap_ij(pad(x)) * g: k^2 per-channel reductions."""
+    sums = [jnp.sum(tap * g, axis=(0, 1, 2))
+            for _, tap in _taps(_pad_hw(x, padding), kernel, stride, dilation, g.shape[1:3])]
+    return jnp.stack(sums).reshape(kernel[0], kernel[1], 1, x.shape[3])
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _depthwise(x: jax.Array, w: jax.Array, stride: Pair, padding: Padding, dilation: Pair) -> jax.Array:
+    return _dw_apply(x, w, stride, padding, dilation)
+
+
+def _depthwise_jvp(stride, padding, dilation, primals, tangents):
+    x, w = primals
+    tx, tw = tangents
+    y = _dw_apply(x, w, stride, padding, dilation)
+    kernel, in_hw = w.shape[:2], x.shape[1:3]
+    ty = None
+    if not isinstance(tx, SymbolicZero):
+        ty = linear_call(lambda w_, t: _dw_apply(t, w_, stride, padding, dilation),
+                         lambda w_, g: _dw_grad_x(w_, g, in_hw, stride, padding, dilation), w, tx)
+    if not isinstance(tw, SymbolicZero):
+        tyw = linear_call(lambda x_, t: _dw_apply(x_, t, stride, padding, dilation),
+                          lambda x_, g: _dw_grad_w(x_, g, kernel, stride, padding, dilation), x, tw)
+        ty = tyw if ty is None else ty + tyw
+    if ty is None:
+        ty = jnp.zeros_like(y)
+    return y, ty
+
+
+_depthwise.defjvp(_depthwise_jvp, symbolic_zeros=True)
+
+
+def depthwise_conv2d(x: jax.Array, w: jax.Array, stride: int | Sequence[int] = 1, padding=0,
+                     dilation: int | Sequence[int] = 1) -> jax.Array:
+    """Depthwise 2-D conv (torch ``Conv2d(C, C, k, groups=C)`` without bias) of an NHWC map.
+
+    Args:
+      x: (N, H, W, C) input.
+      w: (kh, kw, 1, C) kernel, as ``nn.Conv(features=C, feature_group_count=C)`` stores it.
+      stride, dilation: int or (h, w).
+      padding: int, (ph, pw) or ((top, bottom), (left, right)), zero padding.
+    Returns (N, Ho, Wo, C), equal to ``lax.conv_general_dilated(..., feature_group_count=C)`` up to rounding.
+    """
+    if w.ndim != 4 or w.shape[2] != 1 or w.shape[3] != x.shape[3]:
+        raise ValueError(f'depthwise kernel must be (kh, kw, 1, C={x.shape[3]}), got {w.shape}')
+    return _depthwise(x, w, _pair(stride), _padding(padding), _pair(dilation))
+
+
+# -- max pool ----------------------------------------------------------------------------------------------------
+
+def _max_pool_lax(x: jax.Array, kernel: Pair, stride: Pair, padding: Padding) -> jax.Array:
+    """The reference (and traced primal): ``reduce_window`` max with -inf padding, as ``flax.linen.max_pool``."""
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1,) + kernel + (1,), (1,) + stride + (1,),
+                             ((0, 0),) + padding + ((0, 0),))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x: jax.Array, kernel: Pair, stride: Pair, padding: Padding) -> jax.Array:
+    return _max_pool_lax(x, kernel, stride, padding)
+
+
+def _select_taps(index: jax.Array, t: jax.Array, kernel: Pair, stride: Pair, padding: Padding) -> jax.Array:
+    """Linear map t -> t at the selected tap of every window (tap number ``index``, row-major)."""
+    out = None
+    for (i, j), tap in _taps(_pad_hw(t, padding), kernel, stride, (1, 1), index.shape[1:3]):
+        term = jnp.where(index == i * kernel[1] + j, tap, 0)
+        out = term if out is None else out + term
+    return out
+
+
+def _scatter_taps(index: jax.Array, g: jax.Array, in_hw: Pair, kernel: Pair, stride: Pair,
+                  padding: Padding) -> jax.Array:
+    """Transpose of :func:`_select_taps`: each window's cotangent goes back to its selected input position."""
+    dx = None
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            masked = jnp.where(index == i * kernel[1] + j, g, 0)
+            lo = (i - padding[0][0], j - padding[1][0])
+            hi = tuple(in_hw[a] - lo[a] - ((g.shape[1 + a] - 1) * stride[a] + 1) for a in range(2))
+            cfg = ((0, 0, 0), (lo[0], hi[0], stride[0] - 1), (lo[1], hi[1], stride[1] - 1), (0, 0, 0))
+            term = lax.pad(masked, jnp.zeros((), g.dtype), cfg)
+            dx = term if dx is None else dx + term
+    return dx
+
+
+def _max_pool_jvp(kernel, stride, padding, primals, tangents):
+    (x,), (tx,) = primals, tangents
+    out_hw = tuple(_out_size(x.shape[1 + a], kernel[a], stride[a], padding[a], 1) for a in range(2))
+    taps = [tap for _, tap in _taps(_pad_hw(x, padding, -jnp.inf), kernel, stride, (1, 1), out_hw)]
+    y = functools.reduce(jnp.maximum, taps)
+    # first tap (row-major) equal to the window max: the element lax.reduce_window's JVP and torch pick.
+    dtype = jnp.int8 if len(taps) < 127 else jnp.int32
+    index = jnp.full(y.shape, len(taps), dtype)
+    for t in reversed(range(len(taps))):
+        index = jnp.where(taps[t] == y, jnp.asarray(t, dtype), index)
+    if isinstance(tx, SymbolicZero):
+        return y, jnp.zeros_like(y)
+    in_hw = x.shape[1:3]
+    ty = linear_call(lambda idx, t: _select_taps(idx, t, kernel, stride, padding),
+                     lambda idx, g: _scatter_taps(idx, g, in_hw, kernel, stride, padding), index, tx)
+    return y, ty
+
+
+_max_pool.defjvp(_max_pool_jvp, symbolic_zeros=True)
+
+
+def max_pool2d(x: jax.Array, kernel: int | Sequence[int], stride: int | Sequence[int], padding=0) -> jax.Array:
+    """torch ``MaxPool2d(kernel, stride, padding)`` of an NHWC map (implicit -inf padding).
+
+    Gradients go to the first maximum of each window in row-major order, like ``lax.reduce_window`` and torch.
+    """
+    return _max_pool(x, _pair(kernel), _pair(stride), _padding(padding))
+
+
+# -- avg pool ----------------------------------------------------------------------------------------------------
+
+def _window_counts(in_hw: Pair, kernel: Pair, stride: Pair, padding: Padding, include_pad: bool) -> np.ndarray:
+    """(1, Ho, Wo, 1) number of elements averaged by each window (a trace-time numpy constant)."""
+    counts = []
+    for a in range(2):
+        n_out = _out_size(in_hw[a], kernel[a], stride[a], padding[a], 1)
+        starts = np.arange(n_out) * stride[a] - padding[a][0]
+        if include_pad:
+            counts.append(np.full(n_out, kernel[a]))
+        else:
+            counts.append(np.minimum(starts + kernel[a], in_hw[a]) - np.maximum(starts, 0))
+    return (counts[0][:, None] * counts[1][None, :]).astype(np.float32)[None, :, :, None]
+
+
+def _avg_pool_lax(x: jax.Array, kernel: Pair, stride: Pair, padding: Padding, include_pad: bool) -> jax.Array:
+    """Window sums by ``reduce_window`` (the traced primal) divided by the window counts."""
+    # a Python scalar init makes this the reduce_window_sum primitive that the graph tracer reads as avg_pool
+    sums = lax.reduce_window(x, 0.0, lax.add, (1,) + kernel + (1,), (1,) + stride + (1,),
+                             ((0, 0),) + padding + ((0, 0),))
+    return sums / _window_counts(x.shape[1:3], kernel, stride, padding, include_pad).astype(x.dtype)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
+def _avg_pool(x: jax.Array, kernel: Pair, stride: Pair, padding: Padding, include_pad: bool) -> jax.Array:
+    return _avg_pool_lax(x, kernel, stride, padding, include_pad)
+
+
+def _avg_pool_transpose(g: jax.Array, in_hw: Pair, kernel: Pair, stride: Pair, padding: Padding,
+                        include_pad: bool) -> jax.Array:
+    g = g / _window_counts(in_hw, kernel, stride, padding, include_pad).astype(g.dtype)
+    taps = {(i, j): None for i in range(kernel[0]) for j in range(kernel[1])}
+    return _full_correlation(g, taps, in_hw, kernel, stride, padding, (1, 1))
+
+
+def _avg_pool_jvp(kernel, stride, padding, include_pad, primals, tangents):
+    (x,), (tx,) = primals, tangents
+    y = _avg_pool_lax(x, kernel, stride, padding, include_pad)
+    if isinstance(tx, SymbolicZero):
+        return y, jnp.zeros_like(y)
+    in_hw = x.shape[1:3]
+    ty = linear_call(lambda _, t: _avg_pool_lax(t, kernel, stride, padding, include_pad),
+                     lambda _, g: _avg_pool_transpose(g, in_hw, kernel, stride, padding, include_pad), (), tx)
+    return y, ty
+
+
+_avg_pool.defjvp(_avg_pool_jvp, symbolic_zeros=True)
+
+
+def avg_pool2d(x: jax.Array, kernel: int | Sequence[int], stride: int | Sequence[int], padding=0,
+               count_include_pad: bool = False) -> jax.Array:
+    """torch ``AvgPool2d(kernel, stride, padding, count_include_pad)`` of an NHWC map.
+
+    DeepNets-1M uses ``count_include_pad=False``: border windows average only their in-image elements.
+    """
+    return _avg_pool(x, _pair(kernel), _pair(stride), _padding(padding), bool(count_include_pad))

@@ -1,0 +1,236 @@
+"""Meta-training: per-op execution (no whole-net compiles), exact resume after kill -9, data parallelism, NaN guard."""
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ghn_jax.hypernet.ghn import GHN
+from ghn_jax.hypernet.predictor import init_params
+from ghn_jax.train import executor, meta_train, targets
+from ghn_jax.train.checkpointing import Checkpointer
+from ghn_jax.train.meta_train import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import test as test_config  # noqa: E402
+
+
+def _config(**overrides):
+    c = test_config.get_config()
+    c.update(overrides)
+    return c
+
+
+def _ghn_params(workdir):
+    from ghn_jax.hypernet.checkpoint import load_npz
+    return load_npz(os.path.join(workdir, 'ghn.npz'))[0]
+
+
+def _max_abs_diff(a, b):
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+               for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def test_executor_matches_whole_net_jit():
+    config = _config()
+    images = meta_train.load_image_data(config)
+    x, y = (jnp.asarray(a) for a in images.batch(0, 0, 8))
+    modules, _ = meta_train.sample_meta_batch(config, 0, meta_train.ghn_config(config))
+    module = modules[0]
+    params = module.init(jax.random.key(0), x)['params']
+    loss, logits, grads = executor.loss_and_grads(module, params, x, y, targets.cross_entropy)
+    (loss_ref, logits_ref), grads_ref = jax.jit(jax.value_and_grad(
+        lambda p: (targets.cross_entropy(module.apply({'params': p}, x), y), module.apply({'params': p}, x)),
+        has_aux=True))(params)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
+    np.testing.assert_allclose(logits, logits_ref, rtol=1e-4, atol=1e-5)
+    assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(grads_ref)
+    assert _max_abs_diff(grads, grads_ref) < 1e-4
+
+
+class _CompileLog(logging.Handler):
+    """Collects the names of the computations XLA compiles (from ``jax.log_compiles``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if msg.startswith('Compiling '):
+            self.names.append(msg.split()[1])
+
+
+# What compiling a whole target network looks like (targets.py's whole-net back-end, or jitting module.apply/init).
+WHOLE_NET_COMPILES = {'jit(loss_fn)', 'jit(apply)', 'jit(init)'}
+
+
+def test_steady_state_compiles_no_whole_network():
+    """After warm-up, 20 meta-steps of new architectures compile only op-level or GHN pieces, never a net."""
+    config = _config(meta_batch_size=2)
+    cfg = meta_train.ghn_config(config)
+    ghn = GHN(cfg)
+    params = init_params(cfg, jax.random.key(0))
+    images = meta_train.load_image_data(config)
+    x, y = (jnp.asarray(a) for a in images.batch(0, 0, 8))
+
+    def step(s):
+        modules, graphs = meta_train.sample_meta_batch(config, s, cfg)
+        return meta_train.meta_step_grads(ghn, params, graphs, modules, x, y)
+
+    for s in range(2):  # warm-up
+        step(s)
+    log = _CompileLog()
+    logger = logging.getLogger('jax')
+    logger.addHandler(log)
+    calls0 = executor.STATS.calls
+    try:
+        with jax.log_compiles():
+            for s in range(2, 22):
+                assert np.isfinite(step(s).loss)
+    finally:
+        logger.removeHandler(log)
+    assert executor.STATS.calls - calls0 > 20 * 2 * 5, 'the nets did not run through the per-op executor'
+    whole_net = [n for n in log.names if n in WHOLE_NET_COMPILES]
+    assert not whole_net, f'whole-network compiles in steady state: {whole_net}'
+
+    # The detector itself works: the whole-net back-end does compile the network.
+    targets.set_backend('whole_net')
+    try:
+        logger.addHandler(log)
+        with jax.log_compiles():
+            step(99)
+    finally:
+        targets.set_backend('per_op')
+        logger.removeHandler(log)
+    assert 'jit(loss_fn)' in log.names
+
+
+def _wait_for_checkpoint(workdir, step, proc, timeout=600):
+    path = os.path.join(workdir, 'checkpoints', str(step))
+    t0 = time.time()
+    while not os.path.isdir(path):
+        if proc.poll() is not None:
+            raise AssertionError(f'training exited early:\n{proc.stderr.read().decode()[-3000:]}')
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError('no checkpoint appeared in time')
+        time.sleep(0.2)
+
+
+def test_kill_minus_9_then_resume_equals_uninterrupted_run(tmp_path):
+    overrides = ['--config.num_steps=5', '--config.checkpoint_every=1', '--config.eval_archs=0']
+    killed = str(tmp_path / 'killed')
+    proc = subprocess.Popen([sys.executable, '-m', 'ghn_jax.train.main', f'--config={ROOT}/configs/test.py',
+                             f'--workdir={killed}', *overrides], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _wait_for_checkpoint(killed, 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert Checkpointer(killed).latest_step() < 5, 'the run finished before it was killed'
+
+    config = _config(num_steps=5, checkpoint_every=1, eval_archs=0)
+    resumed = train_and_evaluate(config, killed)
+    assert resumed['step'] == 5
+    train_and_evaluate(config, str(tmp_path / 'straight'))
+    assert _max_abs_diff(_ghn_params(killed), _ghn_params(str(tmp_path / 'straight'))) == 0.0
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
+    config = _config(num_steps=2, checkpoint_every=1, eval_archs=0, export_npz=False)
+    workdir = str(tmp_path / 'run')
+    train_and_evaluate(config, workdir)
+    for root, _, files in os.walk(os.path.join(workdir, 'checkpoints', '2')):
+        for f in files:
+            with open(os.path.join(root, f), 'wb') as fh:
+                fh.write(b'garbage')
+    config.num_steps = 3
+    assert train_and_evaluate(config, workdir)['step'] == 3
+    assert Checkpointer(workdir).latest_step() == 3
+    assert os.listdir(os.path.join(workdir, 'checkpoints_unreadable')) == ['2']  # kept aside, not deleted
+
+
+def test_nan_guard_skips_then_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
+    real = meta_train.meta_step_grads
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out.grads = jax.tree_util.tree_map(lambda g: g * jnp.nan, out.grads)
+        return out
+
+    config = _config(num_steps=6, checkpoint_every=100, eval_archs=0, max_nonfinite_skips=2)
+    monkeypatch.setattr(meta_train, 'meta_step_grads', poisoned)
+    with pytest.raises(FloatingPointError, match='non-finite'):
+        train_and_evaluate(config, str(tmp_path))
+    from ghn_jax.train.checkpointing import load_ghn_from_train_dir
+    from ghn_jax.train.metrics import read_metrics
+    assert [r['skipped'] for r in read_metrics(str(tmp_path))] == [1, 1, 1]
+    # Every step was skipped, so the saved parameters are still the initial ones.
+    _, saved = load_ghn_from_train_dir(str(tmp_path))
+    cfg = meta_train.ghn_config(config)
+    assert _max_abs_diff(saved, init_params(cfg, jax.random.key(config.seed))) == 0.0
+
+
+def test_four_simulated_devices_match_one_device():
+    script = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {ROOT!r})
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        from configs import test as tc
+        from ghn_jax.hypernet.ghn import GHN
+        from ghn_jax.hypernet.predictor import init_params
+        from ghn_jax.train import meta_train
+        assert jax.device_count() == 4
+        config = tc.get_config()
+        cfg = meta_train.ghn_config(config)
+        ghn = GHN(cfg)
+        images = meta_train.load_image_data(config)
+        x, y = images.batch(0, 0, 8)
+        modules, graphs = meta_train.sample_meta_batch(config, 0, cfg)
+        results = []
+        for n in (1, 4):
+            mesh = meta_train.make_mesh(n)
+            params = jax.device_put(init_params(cfg, jax.random.key(0)), NamedSharding(mesh, P()))
+            xs = jax.device_put(x, NamedSharding(mesh, P('data')))
+            ys = jax.device_put(y, NamedSharding(mesh, P('data')))
+            assert len(xs.sharding.device_set) == n
+            res = meta_train.meta_step_grads(ghn, params, graphs, modules, xs, ys)
+            results.append((res.loss, jax.tree_util.tree_leaves(jax.device_get(res.grads))))
+        (l1, g1), (l4, g4) = results
+        scale = max(1.0, max(float(np.max(np.abs(a))) for a in g1))
+        print('LOSS_DIFF', abs(l1 - l4))
+        print('GRAD_DIFF', max(float(np.max(np.abs(a - b))) for a, b in zip(g1, g4)) / scale)
+    """)
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+    out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    values = dict(line.split() for line in out.stdout.splitlines() if line.startswith(('LOSS', 'GRAD')))
+    assert float(values['LOSS_DIFF']) < 1e-5
+    assert float(values['GRAD_DIFF']) < 1e-5  # the GHN update (relative to the largest gradient)
+
+
+def test_evaluate_cli_reports_every_method(tmp_path):
+    from ghn_jax.hypernet.predictor import GHN2
+    from ghn_jax.train import evaluate
+    config = _config()
+    ghn_path = str(tmp_path / 'ghn.npz')
+    GHN2(meta_train.ghn_config(config), init_params(meta_train.ghn_config(config), jax.random.key(0))).save(ghn_path)
+    out = tmp_path / 'results.json'
+    results = evaluate.main(['--ghn', ghn_path, '--config', os.path.join(ROOT, 'configs', 'test.py'), '--n', '2',
+                             '--sgd-steps', '3', '--sgd-archs', '1', '--extra', 'bnfree', '--out', str(out),
+                             '--plot', str(tmp_path / 'results.png')])
+    summary = results['summary']
+    assert set(summary) == {'random_init', 'ghn', 'sgd_3'}
+    assert summary['ghn']['n'] == 2 and summary['sgd_3']['n'] == 1
+    assert all(0.0 <= v['mean'] <= 100.0 for v in summary.values())
+    assert 'bnfree' in results['extra'] and 'ghn' in results['extra']['bnfree']
+    assert out.exists() and (tmp_path / 'results.png').stat().st_size > 1000
