@@ -56,7 +56,7 @@ def main() -> None:
     ghn = GHN(cfg)
     params = init_params(cfg, jax.random.key(0))
     optimizer = meta_train.make_optimizer(config, 1000)
-    opt_state = optimizer.init(params)
+    state = {'params': params, 'opt_state': optimizer.init(params)}  # updated in place, like training
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((64, 32, 32, 3)).astype(np.float32))
     y = jnp.asarray(rng.integers(0, 10, 64).astype(np.int32))
@@ -65,10 +65,11 @@ def main() -> None:
         t0 = time.perf_counter()
         modules, graphs = load_step(batches[step], cfg)
         t1 = time.perf_counter()
-        res = meta_train.meta_step_grads(ghn, params, graphs, modules, x, y)
+        res = meta_train.meta_step_grads(ghn, state['params'], graphs, modules, x, y)
         t2 = time.perf_counter()
-        new = meta_train.apply_update(optimizer, params, opt_state, res.grads)
-        jax.block_until_ready(new[0])
+        state['params'], state['opt_state'], _, _ = meta_train.apply_update(
+            optimizer, state['params'], state['opt_state'], res.grads)
+        jax.block_until_ready(state['params'])
         t3 = time.perf_counter()
         row = {'step': step, 'graphs': t1 - t0, **res.seconds, 'optimizer': t3 - t2, 'total': t3 - t0,
                'loss': res.loss}

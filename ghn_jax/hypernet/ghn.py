@@ -7,7 +7,7 @@ each target module. Submodule names follow the reference's ``state_dict`` so che
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import flax.linen as nn
@@ -144,26 +144,32 @@ def param_specs(graph: ArchGraph, layout: Layout, predict_class_layers: bool = T
     return specs
 
 
-def assemble(out: dict[str, jax.Array], specs: list[ParamSpec], graph_index: int, normalize: bool
-             ) -> dict[tuple[str, ...], jax.Array]:
-    """Build ``{param path: tensor}`` (Flax layouts) for one graph from the GHN outputs (differentiable)."""
+def _assemble_with(out, specs: list[ParamSpec], graph_index: int, normalize: bool, conv: Callable,
+                   dense: Callable, pos_enc: Callable, vector: Callable) -> dict[tuple[str, ...], Any]:
     params = {}
     for s in specs:
         if s.kind == 'conv':
-            params[s.path] = tiling.conv_kernel(out['blocks'], s.start, s.shape, normalize)
+            params[s.path] = conv(out['blocks'], s.start, s.shape, normalize)
         elif s.kind == 'dense':
-            params[s.path] = tiling.dense_kernel(out['blocks'], s.start, s.shape, normalize)
+            params[s.path] = dense(out['blocks'], s.start, s.shape, normalize)
         elif s.kind == 'classifier':
-            params[s.path] = tiling.classifier_kernel(out['cls_blocks'], graph_index, s.shape, normalize)
+            params[s.path] = dense(out['cls_blocks'], graph_index, s.shape, normalize)
         elif s.kind == 'pos_enc':
-            params[s.path] = tiling.pos_encoding(out['blocks'], s.start, s.shape)
+            params[s.path] = pos_enc(out['blocks'], s.start, s.shape)
         elif s.kind == 'gain':
-            params[s.path] = tiling.vector(out['gains'], s.node, s.shape[0], 'gain', normalize)
+            params[s.path] = vector(out['gains'], s.node, s.shape[0], 'gain', normalize)
         elif s.kind in ('shift', 'bias'):
-            params[s.path] = tiling.vector(out['shifts'], s.node, s.shape[0], 'bias', normalize)
+            params[s.path] = vector(out['shifts'], s.node, s.shape[0], 'bias', normalize)
         elif s.kind == 'classifier_bias':
-            params[s.path] = tiling.vector(out['cls_bias'], s.node, s.shape[0], 'bias', normalize)
+            params[s.path] = vector(out['cls_bias'], s.node, s.shape[0], 'bias', normalize)
     return params
+
+
+def assemble(out: dict[str, jax.Array], specs: list[ParamSpec], graph_index: int, normalize: bool
+             ) -> dict[tuple[str, ...], jax.Array]:
+    """Build ``{param path: tensor}`` (Flax layouts) for one graph from the GHN outputs (differentiable)."""
+    return _assemble_with(out, specs, graph_index, normalize, tiling.conv_kernel, tiling.dense_kernel,
+                          tiling.pos_encoding, tiling.vector)
 
 
 HOST_OUTPUTS = ('blocks', 'cls_blocks', 'gains', 'shifts', 'cls_bias')
@@ -171,29 +177,14 @@ HOST_OUTPUTS = ('blocks', 'cls_blocks', 'gains', 'shifts', 'cls_bias')
 
 def assemble_host(out: dict[str, np.ndarray], specs: list[ParamSpec], graph_index: int, normalize: bool
                   ) -> dict[tuple[str, ...], np.ndarray]:
-    """:func:`assemble` on the host, in numpy (not differentiable): for prediction.
+    """:func:`assemble` on the host, in numpy: for prediction and meta-training (see :func:`assemble_host_vjp`).
 
     ``out`` holds the GHN outputs of :data:`HOST_OUTPUTS` as numpy arrays. Unlike :func:`assemble`, which runs one
     jitted function per (kind, shape) and so compiles ~35 functions for a ResNet-50 the first time, this compiles
     nothing; the tensors equal :func:`assemble`'s (indexing is exact, the normalisation agrees to float32 rounding).
     """
-    params = {}
-    for s in specs:
-        if s.kind == 'conv':
-            params[s.path] = tiling.np_conv_kernel(out['blocks'], s.start, s.shape, normalize)
-        elif s.kind == 'dense':
-            params[s.path] = tiling.np_dense_kernel(out['blocks'], s.start, s.shape, normalize)
-        elif s.kind == 'classifier':
-            params[s.path] = tiling.np_classifier_kernel(out['cls_blocks'], graph_index, s.shape, normalize)
-        elif s.kind == 'pos_enc':
-            params[s.path] = tiling.np_pos_encoding(out['blocks'], s.start, s.shape)
-        elif s.kind == 'gain':
-            params[s.path] = tiling.np_vector(out['gains'], s.node, s.shape[0], 'gain', normalize)
-        elif s.kind in ('shift', 'bias'):
-            params[s.path] = tiling.np_vector(out['shifts'], s.node, s.shape[0], 'bias', normalize)
-        elif s.kind == 'classifier_bias':
-            params[s.path] = tiling.np_vector(out['cls_bias'], s.node, s.shape[0], 'bias', normalize)
-    return params
+    return _assemble_with(out, specs, graph_index, normalize, tiling.np_conv_kernel, tiling.np_dense_kernel,
+                          tiling.np_pos_encoding, tiling.np_vector)
 
 
 def assemble_host_vjp(out: dict[str, np.ndarray], specs: list[ParamSpec], graph_index: int, normalize: bool,

@@ -41,16 +41,8 @@ def conv_kernel(blocks: jax.Array, start: jax.Array, shape: tuple[int, ...], nor
 
 @functools.partial(jax.jit, static_argnames=('shape', 'normalize'))
 def dense_kernel(blocks: jax.Array, start: jax.Array, shape: tuple[int, ...], normalize: bool) -> jax.Array:
-    """Flax dense kernel ``(I, O)`` from the (64_out, 64_in) block at position (0, 0)."""
+    """Flax dense kernel ``(I, O)`` from decoded block ``start`` (also the classifier, from its class block)."""
     w = _tile_to(blocks[start].T, shape)
-    return w * weight_scale((shape[1], shape[0])) if normalize else w
-
-
-@functools.partial(jax.jit, static_argnames=('shape', 'normalize'))
-def classifier_kernel(cls_blocks: jax.Array, graph: jax.Array, shape: tuple[int, ...], normalize: bool
-                      ) -> jax.Array:
-    """Flax classifier kernel ``(I, num_classes)`` from the (num_classes, 64_in) classifier block."""
-    w = _tile_to(cls_blocks[graph].T, shape)
     return w * weight_scale((shape[1], shape[0])) if normalize else w
 
 
@@ -113,12 +105,6 @@ def np_dense_kernel(blocks: np.ndarray, start: int, shape: tuple[int, ...], norm
     """numpy :func:`dense_kernel`."""
     scale = weight_scale((shape[1], shape[0])) if normalize else None
     return _np_tile_to(_scaled(blocks[start].T, scale), shape)
-
-
-def np_classifier_kernel(cls_blocks: np.ndarray, graph: int, shape: tuple[int, ...], normalize: bool) -> np.ndarray:
-    """numpy :func:`classifier_kernel`."""
-    scale = weight_scale((shape[1], shape[0])) if normalize else None
-    return _np_tile_to(_scaled(cls_blocks[graph].T, scale), shape)
 
 
 def np_pos_encoding(blocks: np.ndarray, start: int, shape: tuple[int, ...]) -> np.ndarray:

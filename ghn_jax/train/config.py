@@ -46,3 +46,13 @@ def base_config() -> ml_collections.ConfigDict:
     # Persistent XLA cache: op executables compiled once are reused by later runs and resumed jobs (None: off).
     c.compilation_cache_dir = '~/.cache/ghn_jax/xla'         # write workdir/ghn.npz at the end (ghn_jax.GHN2.from_checkpoint)
     return c
+
+
+def imagenet(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Switch a config to ImageNet as the reference trains there (224 px, 1000 classes, label smoothing 0.1)."""
+    c.data.update(name='imagenet2012', num_classes=1000, image_size=224, label_smoothing=0.1, holdout_fraction=0.0)
+    c.ghn.max_spatial = 16
+    c.batch_size = 256
+    c.epochs = 150
+    c.lr_milestones = (100, 125)
+    return c
