@@ -29,7 +29,6 @@ import math
 import random
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -15,7 +15,6 @@ import warnings
 from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 import jraph
 import numpy as np
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import warnings
 from typing import Any
 
 import flax.linen as nn

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import warnings
 from typing import Any, Sequence
 
 import flax

@@ -9,7 +9,6 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from ghn_jax.nets.layers import BatchNorm, avg_pool, global_avg_pool, max_pool, torch_conv
 

@@ -134,7 +134,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument('--out', help='write results json here')
     parser.add_argument('--plot', help='write a bar chart here')
     args = parser.parse_args(argv)
-    from ml_collections import config_flags  # noqa: F401  (config files are plain python)
     import importlib.util
     spec = importlib.util.spec_from_file_location('eval_config', args.config)
     mod = importlib.util.module_from_spec(spec)

@@ -23,7 +23,6 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from ghn_jax.nets import deepnets, layers
 
