@@ -16,6 +16,7 @@ import json
 import os
 import resource
 import statistics
+import sys
 import time
 
 import jax
@@ -42,6 +43,12 @@ def load_step(step_nets: list[dict], cfg: GHNConfig):
     return modules, graphs
 
 
+def random_like(shapes, seed: int = 0):
+    """Parameters of the given shapes without compiling ``module.init`` (a whole-net compile per architecture)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype), shapes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--bench', default=BENCH)
@@ -62,6 +69,7 @@ def main() -> None:
     y = jnp.asarray(rng.integers(0, 10, 64).astype(np.int32))
 
     def run(step: int, forward_split: bool = False) -> dict[str, float]:
+        traces = executor.STATS.traces
         t0 = time.perf_counter()
         modules, graphs = load_step(batches[step], cfg)
         t1 = time.perf_counter()
@@ -72,15 +80,17 @@ def main() -> None:
         jax.block_until_ready(state['params'])
         t3 = time.perf_counter()
         row = {'step': step, 'graphs': t1 - t0, **res.seconds, 'optimizer': t3 - t2, 'total': t3 - t0,
-               'loss': res.loss}
+               'loss': res.loss, 'new_op_signatures': executor.STATS.traces - traces}
         if forward_split:
             t = 0.0
             for module in modules:
-                p = jax.jit(module.init)(jax.random.key(0), x[:1])['params']  # compile outside the timing
+                p = random_like(jax.eval_shape(module.init, jax.random.key(0), x[:1])['params'])
+                jax.block_until_ready(executor.forward(module, p, x))  # forward-only executables compile here
                 t_net = time.perf_counter()
                 jax.block_until_ready(executor.forward(module, p, x))
                 t += time.perf_counter() - t_net
             row['nets_forward_only'] = t
+        print(f"step {step}: {row['total']:.1f} s", file=sys.stderr, flush=True)
         return row
 
     for step in range(0, lo):

@@ -224,6 +224,7 @@ def test_host_assembly_equals_jitted_assembly(golden_ghn):
             assert set(got) == set(want)
             for path in want:
                 assert got[path].shape == want[path].shape and got[path].dtype == np.float32
+                assert got[path].ctypes.data % 64 == 0  # aligned: jax.device_put on CPU wraps instead of copying
                 np.testing.assert_allclose(got[path], want[path], rtol=1e-6, atol=1e-7, err_msg=str(path))
             # Training folds parameter gradients back on the host: the same VJP as the jitted assembly's.
             rng = np.random.default_rng(b)

@@ -234,3 +234,19 @@ def test_evaluate_cli_reports_every_method(tmp_path):
     assert all(0.0 <= v['mean'] <= 100.0 for v in summary.values())
     assert 'bnfree' in results['extra'] and 'ghn' in results['extra']['bnfree']
     assert out.exists() and (tmp_path / 'results.png').stat().st_size > 1000
+
+
+def test_merge_joins_evaluation_shards_and_rejects_overlap():
+    from ghn_jax.train import evaluate
+    def part(start, accs, split='test', extra=None):
+        rows = [{'net': f'{split}/{start + i}', 'n_params': 10, 'random_init': 0.1, 'ghn': a} for i, a in enumerate(accs)]
+        out = {'split': split, 'n_archs': len(rows), 'summary': evaluate.summarise(rows), 'per_arch': rows}
+        return {**out, 'extra': extra} if extra else out
+    merged = evaluate.merge([part(10, [0.3]), part(0, [0.1, 0.2]), part(0, [], extra={'resnet18': {'ghn': 0.5}})])
+    assert [r['net'] for r in merged['per_arch']] == ['test/0', 'test/1', 'test/10']
+    assert merged['summary']['ghn']['n'] == 3 and abs(merged['summary']['ghn']['mean'] - 20.0) < 1e-9
+    assert merged['extra'] == {'resnet18': {'ghn': 0.5}}
+    with pytest.raises(ValueError, match='overlap'):
+        evaluate.merge([part(0, [0.1, 0.2]), part(1, [0.3])])
+    with pytest.raises(ValueError, match='different splits'):
+        evaluate.merge([part(0, [0.1]), part(5, [0.1], split='val')])

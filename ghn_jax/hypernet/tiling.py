@@ -80,12 +80,28 @@ def _np_tile_to(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """
     reps = tuple(math.ceil(t / s) for t, s in zip(shape, x.shape))
     full = tuple(r * s for r, s in zip(reps, x.shape))
-    out = np.empty(full, x.dtype)
+    cropped = full != tuple(shape)
+    out = np.empty(full, x.dtype) if cropped else aligned_empty(full, x.dtype)
     interleaved = tuple(d for r, s in zip(reps, x.shape) for d in (r, s))
     out.reshape(interleaved)[...] = x.reshape(tuple(d for s in x.shape for d in (1, s)))
-    if full != tuple(shape):
-        out = np.ascontiguousarray(out[tuple(slice(0, t) for t in shape)])
+    if cropped:
+        crop = aligned_empty(tuple(shape), x.dtype)
+        crop[...] = out[tuple(slice(0, t) for t in shape)]
+        out = crop
     return out
+
+
+def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """``np.empty`` on a 64-byte boundary: ``jax.device_put`` on CPU then wraps the memory instead of copying it
+    (a ResNet-50's 94 MB of predicted tensors cost ~0.1 s to copy). The array must not be written afterwards."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    offset = -raw.ctypes.data % _ALIGN
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+_ALIGN = 64
 
 
 def _scaled(x: np.ndarray, scale: float | None) -> np.ndarray:

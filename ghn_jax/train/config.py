@@ -42,9 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 500
     c.eval_examples = 2000
     c.num_devices = 0           # 0: all local devices (data-parallel over images)
-    c.export_npz = True
+    c.export_npz = True         # write workdir/ghn.npz at the end (ghn_jax.GHN2.from_checkpoint)
     # Persistent XLA cache: op executables compiled once are reused by later runs and resumed jobs (None: off).
-    c.compilation_cache_dir = '~/.cache/ghn_jax/xla'         # write workdir/ghn.npz at the end (ghn_jax.GHN2.from_checkpoint)
+    c.compilation_cache_dir = '~/.cache/ghn_jax/xla'
     return c
 
 

@@ -4,6 +4,9 @@ CLI::
 
     python -m ghn_jax.train.evaluate --ghn workdir/ghn.npz --dataset fashion_mnist --split test --n 100 \\
         --sgd-steps 100,1000 --out results.json --plot results.png
+
+A long evaluation can be split into shards (``--start 0 --n 14``, ``--start 14 --n 14``, ...) run in parallel and
+joined with ``--merge shard*.json --out results.json``.
 """
 from __future__ import annotations
 
@@ -57,11 +60,14 @@ def evaluate_nets(ghn: GHN2 | None, config: ml_collections.ConfigDict, nets: lis
             t = time.perf_counter()
             row['ghn'] = accuracy_of(module, ghn.predict(module, shape), x_eval, y_eval, config.eval_batch_size)
             row['ghn_seconds'] = time.perf_counter() - t
-        if sgd_nets is None or i < sgd_nets:
-            for steps in sgd_steps:
-                cfg = finetune.TrainConfig(grad='bp', optimizer='momentum', learning_rate=sgd_lr, num_steps=steps,
-                                           batch_size=config.batch_size, seed=seed + i, log_every=max(1, steps))
-                trained, _ = finetune.train_classifier(module, init, images.train, cfg)
+        if sgd_steps and (sgd_nets is None or i < sgd_nets):
+            cfgs = [finetune.TrainConfig(grad='bp', optimizer='momentum', learning_rate=sgd_lr, num_steps=steps,
+                                         batch_size=config.batch_size, seed=seed + i, log_every=max(1, steps))
+                    for steps in sgd_steps]
+            # Constant learning rate: one jitted step serves every budget, so each net compiles once.
+            step_fn = finetune.make_step(module, cfgs[0], finetune.make_optimizer(cfgs[0]))
+            for steps, cfg in zip(sgd_steps, cfgs):
+                trained, _ = finetune.train_classifier(module, init, images.train, cfg, step_fn=step_fn)
                 row[f'sgd_{steps}'] = accuracy_of(module, trained, x_eval, y_eval, config.eval_batch_size)
         rows.append(row)
     return rows
@@ -69,6 +75,8 @@ def evaluate_nets(ghn: GHN2 | None, config: ml_collections.ConfigDict, nets: lis
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean +- s.e. (percent) of every method over the nets that have it."""
+    if not rows:
+        return {}
     keys = [k for k in rows[0] if k not in ('net', 'n_params', 'ghn_seconds')]
     for r in rows:
         keys += [k for k in r if k.startswith('sgd_') and k not in keys]
@@ -82,12 +90,30 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def evaluate(ghn: GHN2 | None, config: ml_collections.ConfigDict, split: str, n_archs: int,
              sgd_steps: tuple[int, ...] = (), sgd_lr: float = 0.05, seed: int = 0,
-             sgd_archs: int | None = None) -> dict[str, Any]:
-    """Accuracies on the first ``n_archs`` architectures of a DeepNets-1M split (see :func:`evaluate_nets`)."""
+             sgd_archs: int | None = None, start: int = 0) -> dict[str, Any]:
+    """Accuracies on architectures ``start .. start + n_archs - 1`` of a DeepNets-1M split (see
+    :func:`evaluate_nets`); shard a long evaluation with ``start`` and join the parts with :func:`merge`."""
     from ghn_jax.train.meta_train import arch_description
-    nets = [(f'{split}/{i}', *from_arch_json(arch_description(config, split, i))) for i in range(n_archs)]
-    rows = evaluate_nets(ghn, config, nets, sgd_steps, sgd_lr, sgd_archs, seed, split)
+    nets = [(f'{split}/{i}', *from_arch_json(arch_description(config, split, i)))
+            for i in range(start, start + n_archs)]
+    rows = evaluate_nets(ghn, config, nets, sgd_steps, sgd_lr, sgd_archs, seed + start, split)
     return {'split': split, 'n_archs': n_archs, 'summary': summarise(rows), 'per_arch': rows}
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Join results of :func:`evaluate` on disjoint shards of one split into one result."""
+    splits = {p['split'] for p in parts}
+    if len(splits) != 1:
+        raise ValueError(f'cannot merge results of different splits: {sorted(splits)}')
+    rows = sorted((r for p in parts for r in p['per_arch']), key=lambda r: int(r['net'].rsplit('/', 1)[1]))
+    names = [r['net'] for r in rows]
+    if len(set(names)) != len(names):
+        raise ValueError('the shards overlap: some architectures appear twice')
+    merged = {'split': splits.pop(), 'n_archs': len(rows), 'summary': summarise(rows), 'per_arch': rows}
+    extra = {k: v for p in parts for k, v in p.get('extra', {}).items()}
+    if extra:
+        merged['extra'] = extra
+    return merged
 
 
 def extra_net(name: str, config: ml_collections.ConfigDict) -> tuple[str, Any, tuple]:
@@ -112,10 +138,11 @@ def plot(results: dict[str, Any], path: str) -> None:
     means = [results['summary'][k]['mean'] for k in names]
     ses = [results['summary'][k]['se'] for k in names]
     fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.5))
-    ax.bar(names, means, yerr=ses, capsize=4, color=['0.6' if n == 'random_init' else 'C0' if n == 'ghn' else 'C1'
+    labels = [f"{n}\n(n={results['summary'][n]['n']})" for n in names]
+    ax.bar(labels, means, yerr=ses, capsize=4, color=['0.6' if n == 'random_init' else 'C0' if n == 'ghn' else 'C1'
                                                       for n in names])
     ax.set_ylabel('top-1 accuracy (%)')
-    ax.set_title(f"{results['n_archs']} {results['split']} architectures (mean ± s.e.)")
+    ax.set_title(f"{results['split']} architectures, accuracy mean ± s.e. over n nets")
     fig.savefig(path, dpi=120, bbox_inches='tight')
     plt.close(fig)
 
@@ -126,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument('--config', default='configs/fashion_mnist_cpu.py', help='config file (data + archs)')
     parser.add_argument('--split', default='test')
     parser.add_argument('--n', type=int, default=100)
+    parser.add_argument('--start', type=int, default=0, help='first architecture index (to shard an evaluation)')
+    parser.add_argument('--merge', nargs='+', metavar='JSON', help='join the results files of shards and exit')
     parser.add_argument('--sgd-steps', default='', help='comma-separated SGD budgets, e.g. 100,1000')
     parser.add_argument('--sgd-lr', type=float, default=0.05)
     parser.add_argument('--sgd-archs', type=int, help='run the SGD baselines on the first N architectures only')
@@ -134,6 +163,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument('--out', help='write results json here')
     parser.add_argument('--plot', help='write a bar chart here')
     args = parser.parse_args(argv)
+    if args.merge:
+        parts = []
+        for path in args.merge:
+            with open(path) as f:
+                parts.append(json.load(f))
+        return _report(merge(parts), args)
     import importlib.util
     spec = importlib.util.spec_from_file_location('eval_config', args.config)
     mod = importlib.util.module_from_spec(spec)
@@ -141,12 +176,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = mod.get_config()
     ghn = GHN2.from_checkpoint(args.ghn) if args.ghn else None
     steps = tuple(int(s) for s in args.sgd_steps.split(',') if s)
-    results = evaluate(ghn, config, args.split, args.n, steps, args.sgd_lr, sgd_archs=args.sgd_archs)
+    results = evaluate(ghn, config, args.split, args.n, steps, args.sgd_lr, sgd_archs=args.sgd_archs,
+                       start=args.start)
     extra = [e for e in args.extra.split(',') if e]
     if extra:
         rows = evaluate_nets(ghn, config, [extra_net(e, config) for e in extra],
                              tuple(k for k in steps if k <= args.extra_sgd_max), args.sgd_lr)
         results['extra'] = {r['net']: r for r in rows}
+    return _report(results, args)
+
+
+def _report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(results, f, indent=1)
