@@ -1,7 +1,9 @@
-"""GHN-2 meta-trained on offline Fashion-MNIST on a CPU in about an hour (the README's default job).
+"""GHN-2 meta-trained on offline Fashion-MNIST on a CPU (the README's default job).
 
 Images are padded to 32x32 and repeated to 3 channels so the same GHN reads CIFAR-style architectures; the
-architectures are small DeepNets-1M nets (at most 6 cells, C <= 32) so that a meta-step takes about a second.
+architectures are small DeepNets-1M nets (at most 6 cells, C <= 32). On 2 shared CPU cores the first steps take
+~100 s (op compiles) and later ones 11-15 s, so 1500 steps take hours; the run checkpoints every 100 steps and on
+SIGTERM, and resumes where it stopped (docs/meta_training.md).
 """
 from ghn_jax.train.config import base_config
 
