@@ -210,7 +210,8 @@ def test_four_simulated_devices_match_one_device():
         print('LOSS_DIFF', abs(l1 - l4))
         print('GRAD_DIFF', max(float(np.max(np.abs(a - b))) for a, b in zip(g1, g4)) / scale)
     """)
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+    env = dict(os.environ, JAX_PLATFORMS='cpu',
+               XLA_FLAGS=os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4')
     out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     values = dict(line.split() for line in out.stdout.splitlines() if line.startswith(('LOSS', 'GRAD')))
