@@ -16,12 +16,6 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='ghn_
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
-# XLA:CPU's multi-threaded Eigen pool can wedge forever while materialising large vmapped programs (seen here in the
-# forward-gradient statistics test; reported upstream, e.g. PyAutoLabs/PyAutoFit#1528). Single-threaded Eigen
-# avoids it; tests only check values, so the small slowdown is the price of never hanging CI.
-if '--xla_cpu_multi_thread_eigen' not in os.environ.get('XLA_FLAGS', ''):
-    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen=false').strip()
-
 requires_golden = pytest.mark.skipif(not GOLDEN.exists(), reason=f'golden reference data not found at {GOLDEN}')
 
 

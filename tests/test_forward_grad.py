@@ -91,31 +91,33 @@ def test_error_of_the_mean_is_unbiased_noise(small_problem_means, distribution):
 
 @pytest.fixture(scope="module")
 def cosine_stats():
-    """Cosines to the true gradient for several estimators, one compile (d = 525 and d = 174)."""
+    """Cosines to the true gradient for several estimators (d = 525 and d = 174).
+
+    Each statistic is its own jitted program: a single program holding all of them (vmaps over 1,000 keys) once
+    wedged XLA:CPU's runtime for good in CI (every thread idle, the result never ready).
+    """
     params, x, y = _problem((20, 20, 5))
     true = _true_grad(params, x, y)
     small = _problem((12, 10, 4))
     small_true = _true_grad(*small)
-    key = jax.random.key(4)
+    keys = jax.random.split(jax.random.key(4), 1000)
 
-    @jax.jit
-    def stats():
-        out = {}
-        keys = jax.random.split(key, 1000)
-        for dist in ("rademacher", "gaussian"):
-            out[f"single_{dist}"] = _cosines(fg.value_and_fwd_grad(_mlp_loss, distribution=dist), params, x, y, true, keys)
-        for k in (4, 16, 64):
-            vfg = fg.value_and_fwd_grad(_mlp_loss, num_tangents=k, distribution="gaussian")
-            out[f"mean_{k}"] = _cosines(vfg, params, x, y, true, keys[:100])
-        for reduction in ("mean", "projection"):
-            vfg = fg.value_and_fwd_grad(_mlp_loss, num_tangents=32, distribution="gaussian", reduction=reduction)
-            out[f"k32_{reduction}"] = _cosines(vfg, *small, small_true, keys[:100])
-        vfg = fg.value_and_fwd_grad(_mlp_loss, num_tangents=32, distribution="gaussian", reduction="projection")
-        ests = jax.vmap(lambda k: vfg(*small, key=k)[1])(keys[:400])
-        out["projection_mean"] = jax.tree.map(lambda a: a.mean(0), ests)
-        return out
+    def cosines(vfg, problem, ref, ks):
+        return jax.block_until_ready(jax.jit(lambda k: _cosines(vfg, *problem, ref, k))(ks))
 
-    return fg.tree_size(params), small_true, stats()
+    out = {}
+    for dist in ("rademacher", "gaussian"):
+        out[f"single_{dist}"] = cosines(fg.value_and_fwd_grad(_mlp_loss, distribution=dist), (params, x, y), true, keys)
+    for k in (4, 16, 64):
+        vfg = fg.value_and_fwd_grad(_mlp_loss, num_tangents=k, distribution="gaussian")
+        out[f"mean_{k}"] = cosines(vfg, (params, x, y), true, keys[:100])
+    for reduction in ("mean", "projection"):
+        vfg = fg.value_and_fwd_grad(_mlp_loss, num_tangents=32, distribution="gaussian", reduction=reduction)
+        out[f"k32_{reduction}"] = cosines(vfg, small, small_true, keys[:100])
+    vfg = fg.value_and_fwd_grad(_mlp_loss, num_tangents=32, distribution="gaussian", reduction="projection")
+    ests = jax.jit(jax.vmap(lambda k: vfg(*small, key=k)[1]))(keys[:400])
+    out["projection_mean"] = jax.block_until_ready(jax.tree.map(lambda a: a.mean(0), ests))
+    return fg.tree_size(params), small_true, out
 
 
 @pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
