@@ -78,17 +78,25 @@ def _np_tile_to(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     Written in one pass (a broadcast assignment into a ``(reps_0, s_0, reps_1, s_1, ...)`` view) rather than with
     ``np.tile``, which copies once per axis: the tensors of a ResNet-50 are ~94 MB, so passes over memory dominate.
     """
-    reps = tuple(math.ceil(t / s) for t, s in zip(shape, x.shape))
-    full = tuple(r * s for r, s in zip(reps, x.shape))
+    full, interleaved = _tiles(shape, x.shape)
     cropped = full != tuple(shape)
     out = np.empty(full, x.dtype) if cropped else aligned_empty(full, x.dtype)
-    interleaved = tuple(d for r, s in zip(reps, x.shape) for d in (r, s))
     out.reshape(interleaved)[...] = x.reshape(tuple(d for s in x.shape for d in (1, s)))
     if cropped:
         crop = aligned_empty(tuple(shape), x.dtype)
         crop[...] = out[tuple(slice(0, t) for t in shape)]
         out = crop
     return out
+
+
+def _tiles(shape: tuple[int, ...], block_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(uncropped tiled shape, its ``(reps_0, s_0, reps_1, s_1, ...)`` view) for tiling a block to ``shape``."""
+    reps = tuple(math.ceil(t / s) for t, s in zip(shape, block_shape))
+    full = tuple(r * s for r, s in zip(reps, block_shape))
+    return full, tuple(d for r, s in zip(reps, block_shape) for d in (r, s))
+
+
+_ALIGN = 64
 
 
 def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -99,9 +107,6 @@ def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     raw = np.empty(nbytes + _ALIGN, np.uint8)
     offset = -raw.ctypes.data % _ALIGN
     return raw[offset:offset + nbytes].view(dtype).reshape(shape)
-
-
-_ALIGN = 64
 
 
 def _scaled(x: np.ndarray, scale: float | None) -> np.ndarray:
@@ -149,11 +154,9 @@ def np_vector(rows: np.ndarray, index: int, size: int, kind: str, normalize: boo
 
 def np_fold_to(g: np.ndarray, block_shape: tuple[int, ...]) -> np.ndarray:
     """Transpose of :func:`_np_tile_to`: sum ``g`` over every tile of ``block_shape`` it was cropped from."""
-    reps = tuple(math.ceil(t / s) for t, s in zip(g.shape, block_shape))
-    full = tuple(r * s for r, s in zip(reps, block_shape))
+    full, interleaved = _tiles(g.shape, block_shape)
     if full != g.shape:
         g = np.pad(g, [(0, f - t) for f, t in zip(full, g.shape)])
-    interleaved = tuple(d for r, s in zip(reps, block_shape) for d in (r, s))
     return g.reshape(interleaved).sum(axis=tuple(range(0, 2 * len(block_shape), 2)), dtype=np.float32)
 
 
