@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Callable
 
@@ -19,11 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ghn_jax.nets.kernels import avg_pool2d, depthwise_conv2d, max_pool2d
+from ghn_jax.nets.kernels import avg_pool2d, conv2d, depthwise_conv2d, max_pool2d
 
 SHAPES = ((64, 32, 32, 32), (64, 16, 16, 64))
 DEPTHWISE = ((3, 1, 1), (3, 2, 1), (3, 1, 2), (3, 2, 2), (5, 1, 1), (5, 2, 1), (5, 1, 2), (5, 2, 2))  # k, s, d
 POOLS = ((3, 1, 1), (3, 2, 1))  # k, stride, padding
+DENSE = (((1, 1), 1), ((3, 3), 1), ((3, 3), 2), ((5, 5), 1), ((7, 1), 1), ((1, 7), 1))  # kernel, stride
 
 
 def _median_ms(fun: Callable, args: tuple, repeats: int) -> float:
@@ -56,6 +58,10 @@ def _lax_depthwise(x, w, stride, padding, dilation):
                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=x.shape[-1])
 
 
+def _lax_conv(x, w, stride, padding):
+    return lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--repeats', type=int, default=7)
@@ -72,7 +78,14 @@ def main() -> None:
             name = f'depthwise_{k}x{k}_s{s}_d{d}/{tag}'
             results['results'][name] = _compare(lambda x, w: _lax_depthwise(x, w, s, p, d),
                                                 lambda x, w: depthwise_conv2d(x, w, s, p, d), (x, w), args.repeats)
-            print(name, results['results'][name], flush=True, file=__import__('sys').stderr)
+            print(name, results['results'][name], flush=True, file=sys.stderr)
+        for kernel, s in DENSE:
+            p = tuple((k // 2, k // 2) for k in kernel)
+            w = jax.random.normal(jax.random.key(2), kernel + (shape[-1], shape[-1])) * 0.05
+            name = f'conv_{kernel[0]}x{kernel[1]}_s{s}/{tag}'
+            results['results'][name] = _compare(lambda x, w: _lax_conv(x, w, s, p), lambda x, w: conv2d(x, w, s, p),
+                                                (x, w), args.repeats)
+            print(name, results['results'][name], flush=True, file=sys.stderr)
         for k, s, p in POOLS:
             for kind, ref, fast in (
                     ('max_pool', lambda x: nn.max_pool(x, (k, k), (s, s), [(p, p)] * 2),
@@ -81,7 +94,7 @@ def main() -> None:
                      lambda x: avg_pool2d(x, k, s, p))):
                 name = f'{kind}_{k}x{k}_s{s}_p{p}/{tag}'
                 results['results'][name] = _compare(ref, fast, (x,), args.repeats)
-                print(name, results['results'][name], flush=True, file=__import__('sys').stderr)
+                print(name, results['results'][name], flush=True, file=sys.stderr)
     print(json.dumps(results, indent=1))
 
 

@@ -1,7 +1,7 @@
-"""Exactness of the custom depthwise-conv and pooling kernels against the lax reference ops.
+"""Exactness of the custom conv (dense, depthwise) and pooling kernels against the lax reference ops.
 
 Values, reverse-mode gradients (``jax.vjp``), forward-mode tangents (``jax.jvp``) and ``vmap`` over ``jvp`` are
-compared on small random inputs covering strides 1/2, dilation 1/2, kernels 3/5, odd and even spatial sizes.
+compared on small random inputs covering strides 1/2, dilation 1/2, kernels 1/3/5/7x1, odd and even sizes.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from ghn_jax.nets.kernels import avg_pool2d, depthwise_conv2d, max_pool2d
+from ghn_jax.nets.kernels import avg_pool2d, conv2d, depthwise_conv2d, max_pool2d
 from ghn_jax.nets.layers import torch_conv
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -22,6 +22,11 @@ def _lax_depthwise(x, w, stride, padding, dilation):
     return lax.conv_general_dilated(x, w, (stride, stride), [(padding, padding)] * 2, rhs_dilation=(dilation,) * 2,
                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=x.shape[-1],
                                     precision=lax.Precision.HIGHEST)
+
+
+def _lax_conv(x, w, stride, padding, dilation):
+    return lax.conv_general_dilated(x, w, (stride, stride), padding, rhs_dilation=(dilation,) * 2,
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=lax.Precision.HIGHEST)
 
 
 def _lax_max_pool(x, k, s, p):
@@ -62,6 +67,16 @@ def test_depthwise_conv(k, stride, dilation, size):
            lambda x, w: _lax_depthwise(x, w, stride, padding, dilation), x, w)
 
 
+@pytest.mark.parametrize('kernel,stride,dilation,size', [((3, 3), 1, 1, 8), ((1, 1), 2, 1, 7), ((7, 1), 1, 1, 8),
+                                                         ((5, 5), 2, 2, 9), ((3, 3), 2, 1, 6)])
+def test_dense_conv(kernel, stride, dilation, size):
+    x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
+    w = jax.random.normal(jax.random.key(1), kernel + (3, 5))
+    padding = tuple((dilation * (k - 1) // 2,) * 2 for k in kernel)
+    _check(lambda x, w: conv2d(x, w, stride, padding, dilation),
+           lambda x, w: _lax_conv(x, w, stride, padding, dilation), x, w)
+
+
 @pytest.mark.parametrize('k,stride,padding,size', [(3, 1, 1, 8), (3, 2, 1, 7), (2, 2, 0, 6), (5, 2, 2, 9)])
 def test_pools(k, stride, padding, size):
     x = jax.random.normal(jax.random.key(2), (2, size, size + 1, 3))
@@ -85,10 +100,14 @@ def test_vmap_of_jvp():
     def f(x, w, pool, dw):
         return pool(dw(x, w, 2, 1, 1), 3, 1, 1)
 
+    w_dense = jax.random.normal(jax.random.key(9), (3, 3, 3, 3))
+
     def fast(x):
+        x = conv2d(x, w_dense, 1, 1, 1)
         return f(x, w, lambda *a: max_pool2d(*a) + avg_pool2d(*a), depthwise_conv2d)
 
     def ref(x):
+        x = _lax_conv(x, w_dense, 1, [(1, 1)] * 2, 1)
         return f(x, w, lambda *a: _lax_max_pool(*a) + _lax_avg_pool(*a), _lax_depthwise)
 
     got = jax.jit(jax.vmap(lambda t: jax.jvp(fast, (x,), (t,))[1]))(ts)
@@ -100,12 +119,13 @@ def test_vmap_of_jvp():
     np.testing.assert_allclose(gx, gx_ref, rtol=1e-4, atol=1e-4)
 
 
-def test_torch_conv_depthwise_module_matches_nn_conv():
-    """The depthwise torch_conv keeps nn.Conv's params (names, shapes, init values) and outputs."""
+@pytest.mark.parametrize('groups', [6, 1, 3])
+def test_torch_conv_module_matches_nn_conv(groups):
+    """torch_conv's FastConv (depthwise, dense, grouped) keeps nn.Conv's params (names, shapes, init) and outputs."""
     x = jax.random.normal(jax.random.key(9), (2, 9, 9, 6))
-    fast = torch_conv(6, 5, 2, 4, dilation=2, groups=6, bias=True)
-    ref = nn.Conv(6, (5, 5), strides=(2, 2), padding=[(4, 4)] * 2, kernel_dilation=(2, 2), feature_group_count=6,
-                  use_bias=True)
+    fast = torch_conv(6, 5, 2, 4, dilation=2, groups=groups, bias=True)
+    ref = nn.Conv(6, (5, 5), strides=(2, 2), padding=[(4, 4)] * 2, kernel_dilation=(2, 2),
+                  feature_group_count=groups, use_bias=True)
     p_fast, p_ref = jax.jit(fast.init)(jax.random.key(0), x), jax.jit(ref.init)(jax.random.key(0), x)
     assert jax.tree.map(jnp.shape, p_fast) == jax.tree.map(jnp.shape, p_ref)
     for a, b in zip(jax.tree.leaves(p_fast), jax.tree.leaves(p_ref)):

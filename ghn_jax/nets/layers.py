@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
-from ghn_jax.nets.kernels import avg_pool2d, depthwise_conv2d, max_pool2d
+from ghn_jax.nets.kernels import avg_pool2d, conv2d, depthwise_conv2d, max_pool2d
 
 TORCH_BN_EPS = 1e-5
 
@@ -51,14 +51,15 @@ class PosEnc(nn.Module):
         return x + weight
 
 
-class DepthwiseConv(nn.Conv):
-    """``nn.Conv`` with ``feature_group_count == features == in_channels``, run by the fast depthwise kernel.
+class FastConv(nn.Conv):
+    """``nn.Conv`` for 2-D NHWC maps, computed by the fast-gradient kernels of :mod:`ghn_jax.nets.kernels`.
 
-    Same fields, parameter names, shapes and initial values as ``nn.Conv`` (``kernel`` (kh, kw, 1, C), optional
-    ``bias``), and still an ``nn.Conv`` instance, so parameter paths, the graph tracer and the executor are
-    unaffected; only the computation changes (:func:`~ghn_jax.nets.kernels.depthwise_conv2d`, much faster than
-    XLA:CPU's grouped convolution). Expects 2-D NHWC inputs and explicit ``[(lo, hi), (lo, hi)]`` padding, as
-    :func:`torch_conv` gives; a grouped conv that is not depthwise (in_channels != groups) uses XLA's grouped conv.
+    Same fields, parameter names, shapes and initial values as ``nn.Conv`` (``kernel`` (kh, kw, C_in/groups, C_out),
+    optional ``bias``), and still an ``nn.Conv`` instance, so parameter paths, the graph tracer and the executor are
+    unaffected; only the computation changes: dense convs use :func:`~ghn_jax.nets.kernels.conv2d` (XLA's forward,
+    a much faster filter gradient), depthwise convs :func:`~ghn_jax.nets.kernels.depthwise_conv2d` (much faster
+    than XLA:CPU's grouped conv both ways). Other grouped convs (e.g. 8 -> 4 channels in 4 groups) use XLA's
+    grouped conv, as ``nn.Conv``. Expects explicit ``[(lo, hi), (lo, hi)]`` padding, as :func:`torch_conv` gives.
     """
 
     @nn.compact
@@ -72,9 +73,11 @@ class DepthwiseConv(nn.Conv):
         inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         padding = tuple(tuple(p) for p in self.padding)
         dilation = tuple(self.kernel_dilation or (1, 1))
-        if groups == self.features == channels:
+        if groups == 1:
+            y = conv2d(inputs, kernel, self.strides or 1, padding, dilation)
+        elif groups == self.features == channels:
             y = depthwise_conv2d(inputs, kernel, self.strides or 1, padding, dilation)
-        else:  # grouped but not depthwise (e.g. 8 -> 4 channels in 4 groups): XLA's grouped conv, as nn.Conv
+        else:
             y = jax.lax.conv_general_dilated(inputs, kernel, tuple(self.strides or (1, 1)), padding,
                                              rhs_dilation=dilation, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                              feature_group_count=groups, precision=self.precision)
@@ -86,13 +89,12 @@ def torch_conv(features: int, kernel: int | Sequence[int], stride: int | Sequenc
                name: str | None = None) -> nn.Conv:
     """An ``nn.Conv`` configured like ``torch.nn.Conv2d`` (symmetric explicit padding, groups, dilation).
 
-    Depthwise convs (``groups == features``; torch requires in_channels == groups as well, checked at call time)
-    are a :class:`DepthwiseConv`, which computes the same function with a fast kernel.
+    2-D convs are a :class:`FastConv`, which computes the same function with faster gradients on XLA:CPU.
     """
     kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
     stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
     padding = (padding, padding) if isinstance(padding, int) else tuple(padding)
-    cls = DepthwiseConv if groups > 1 and groups == features and len(kernel) == 2 else nn.Conv
+    cls = FastConv if len(kernel) == 2 else nn.Conv
     return cls(features, kernel, strides=stride, padding=[(p, p) for p in padding],
                kernel_dilation=(dilation, dilation), feature_group_count=groups, use_bias=bias, name=name)
 

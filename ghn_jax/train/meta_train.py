@@ -14,13 +14,14 @@ where a killed one stopped.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 import flax
 import jax
@@ -256,9 +257,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     bar = progress(num_steps, start)
     skipped_in_a_row, step = 0, start
     history: list[dict[str, float]] = []
+    batches = prefetch(lambda s: sample_meta_batch(config, s, cfg), range(start, num_steps))
     for step in range(start, num_steps):
         t_start = time.perf_counter()
-        modules, graphs = sample_meta_batch(config, step, cfg)
+        modules, graphs = next(batches)
         x, y = images.batch(config.seed, step, config.batch_size)
         x = jax.device_put(x, image_sharding)
         y = jax.device_put(y, image_sharding)
@@ -321,6 +323,21 @@ def sample_meta_batch(config: ml_collections.ConfigDict, step: int, cfg: GHNConf
         if sum(g.n_nodes for g in graphs) <= config.archs.max_nodes_batch:
             return modules, graphs
     raise RuntimeError(f'no meta-batch under {config.archs.max_nodes_batch} nodes at step {step}')
+
+
+def prefetch(build: Callable[[Any], Any], items: Iterable) -> Iterator:
+    """``build(item)`` for each item, each computed in a background thread while the caller works on the previous.
+
+    Used for meta-batches: graph building is Python tracing and the target nets are mostly XLA compute, so the two
+    overlap. A step's architectures depend only on its index, so results and resuming are unaffected.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='prefetch') as pool:
+        iterator = iter(items)
+        upcoming = next((pool.submit(build, item) for item in iterator), None)
+        while upcoming is not None:
+            result = upcoming.result()
+            upcoming = next((pool.submit(build, item) for item in iterator), None)
+            yield result
 
 
 def meta_step_fwd_grads(ghn: GHN, params, graphs, modules, x, y, config, step: int) -> StepOutput:
