@@ -29,7 +29,7 @@ from ghn_jax.graphs.graph import build_graph
 from ghn_jax.hypernet.ghn import GHN, GHNConfig
 from ghn_jax.hypernet.predictor import init_params
 from ghn_jax.nets import from_arch_json
-from ghn_jax.train import executor, meta_train
+from ghn_jax.train import executor, meta_train, targets
 from ghn_jax.train.config import base_config
 
 BENCH = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'bench', 'deepnets_train_metabatches.json')
@@ -55,8 +55,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--bench', default=BENCH)
     parser.add_argument('--steps', default='2-13', help='measured steps, e.g. 2-13')
+    parser.add_argument('--backend', default='per_op', choices=targets.BACKENDS,
+                        help='target-net execution (per_op_remat: recompute each op in the backward pass)')
     args = parser.parse_args()
     lo, hi = (int(s) for s in args.steps.split('-'))
+    targets.set_backend(args.backend)
     with open(args.bench) as f:
         batches = {b['step']: b['nets'] for b in json.load(f)}
 
@@ -124,7 +127,8 @@ def main() -> None:
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     fwd = med(warm, 'nets_forward_only')
     print(json.dumps({
-        'benchmark': 'meta_train_step', 'steps': f'{lo}-{hi}', 'meta_batch': 8, 'images': '64x32x32x3',
+        'benchmark': 'meta_train_step', 'backend': args.backend, 'steps': f'{lo}-{hi}', 'meta_batch': 8,
+        'images': '64x32x32x3',
         'cold_median_s': {k: round(med(cold, k), 3) for k in keys},
         'warm_median_s': {k: round(med(warm, k), 3) for k in keys},
         'warm_target_nets_split_s': {'forward': round(fwd, 3), 'backward': round(med(warm, 'nets') - fwd, 3)},

@@ -53,12 +53,14 @@ class Stats:
 STATS = Stats()
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _run_op(module: nn.Module, params: Any, args: tuple) -> Any:
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _run_op(module: nn.Module, remat: bool, params: Any, args: tuple) -> Any:
     STATS.traces += 1
     _TRACING.active = True  # ops nested in this op are traced into it, not intercepted again
     try:
-        return module.apply({'params': params}, *args)
+        apply = lambda p, a: module.apply({'params': p}, *a)
+        # remat: the backward pass keeps only the op's inputs and recomputes its insides
+        return (jax.checkpoint(apply) if remat else apply)(params, args)
     finally:
         _TRACING.active = False
 
@@ -67,7 +69,7 @@ def _is_array(a: Any) -> bool:
     return isinstance(a, (jax.Array, jax.core.Tracer))
 
 
-def _intercept(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
+def _intercept(remat: bool, next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
     module = context.module
     if (getattr(_TRACING, 'active', False) or context.method_name != '__call__' or module.parent is None or kwargs
             or not isinstance(module, tuple(OP_TYPES)) or not all(_is_array(a) for a in args)):
@@ -76,27 +78,32 @@ def _intercept(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> A
         return next_fun(*args, **kwargs)  # initialisation: let Flax create the parameters
     STATS.calls += 1
     params = module.variables.get('params', {})
-    return _run_op(module.clone(parent=None, name=None), params, tuple(args))
+    return _run_op(module.clone(parent=None, name=None), remat, params, tuple(args))
 
 
 @contextlib.contextmanager
-def per_op():
-    """Context in which every registered op module call runs as a cached jitted op."""
-    with nn.intercept_methods(_intercept):
+def per_op(remat: bool = False):
+    """Context in which every registered op module call runs as a cached jitted op.
+
+    With ``remat`` each op saves only its inputs for the backward pass and recomputes the rest (``jax.checkpoint``):
+    less memory held between a net's forward and backward passes, for extra forward compute.
+    """
+    with nn.intercept_methods(functools.partial(_intercept, remat)):
         yield
 
 
-def forward(module: nn.Module, params: Any, x: jax.Array) -> jax.Array:
+def forward(module: nn.Module, params: Any, x: jax.Array, remat: bool = False) -> jax.Array:
     """Logits of ``module`` with ``params`` (differentiable, also under ``jax.jvp``)."""
-    with per_op():
+    with per_op(remat):
         return module.apply({'params': params}, x)
 
 
 def loss_and_grads(module: nn.Module, params: Any, x: jax.Array, y: jax.Array,
-                   loss_fn: Callable[[jax.Array, jax.Array], jax.Array]) -> tuple[jax.Array, jax.Array, Any]:
-    """(loss, logits, d loss / d params) of one network on one batch, run op by op."""
+                   loss_fn: Callable[[jax.Array, jax.Array], jax.Array],
+                   remat: bool = False) -> tuple[jax.Array, jax.Array, Any]:
+    """(loss, logits, d loss / d params) of one network on one batch, run op by op (``remat``: see ``per_op``)."""
     def objective(p):
-        logits = forward(module, p, x)
+        logits = forward(module, p, x, remat)
         return loss_fn(logits, y), logits
     (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(params)
     return loss, logits, grads

@@ -39,7 +39,7 @@ from ghn_jax.hypernet.ghn import (HOST_OUTPUTS, GHN, GHNConfig, assemble, assemb
 from ghn_jax.hypernet.predictor import GHN2, apply_ghn, init_params
 from ghn_jax.hypernet.shape_encoder import ShapeIndexer
 from ghn_jax.nets import deepnets_generator, from_arch_json
-from ghn_jax.train import data as data_lib
+from ghn_jax.train import data as data_lib, targets
 from ghn_jax.train.checkpointing import Checkpointer
 from ghn_jax.train.metrics import MetricWriter, progress
 from ghn_jax.train.targets import net_loss_and_grads
@@ -226,6 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         jax.distributed.initialize()
     if config.get('compilation_cache_dir'):
         enable_compilation_cache(config.compilation_cache_dir)
+    targets.set_backend(config.get('target_backend', 'per_op'))
     cfg = ghn_config(config)
     ghn = GHN(cfg)
     indexer = ShapeIndexer(cfg.num_classes, cfg.max_spatial)

@@ -1,8 +1,9 @@
 """Running target networks inside meta-training and evaluation: loss, logits and parameter gradients.
 
-Two back-ends, same results:
+Three back-ends, same results:
   * ``per_op`` (default when available): :mod:`ghn_jax.train.executor` runs each op through a jitted function
     cached by op signature, so a never-seen architecture reuses compiled code;
+  * ``per_op_remat``: the same, each op recomputed in the backward pass instead of keeping its intermediates;
   * ``whole_net``: one ``jax.jit`` per architecture (simple, but compiles every new architecture).
 """
 from __future__ import annotations
@@ -14,18 +15,19 @@ import flax.linen as nn
 import jax
 import optax
 
+BACKENDS = ('per_op', 'per_op_remat', 'whole_net')
 BACKEND = {'name': 'per_op'}
 
 
 def set_backend(name: str) -> None:
-    """Choose ``'per_op'`` or ``'whole_net'`` execution of target networks."""
-    if name not in ('per_op', 'whole_net'):
-        raise ValueError(f'unknown target-net backend {name!r}')
+    """Choose ``'per_op'``, ``'per_op_remat'`` or ``'whole_net'`` execution of target networks."""
+    if name not in BACKENDS:
+        raise ValueError(f'unknown target-net backend {name!r}; choose one of {BACKENDS}')
     BACKEND['name'] = name
 
 
 def _executor():
-    if BACKEND['name'] != 'per_op':
+    if BACKEND['name'] == 'whole_net':
         return None
     try:
         from ghn_jax.train import executor
@@ -55,7 +57,7 @@ def net_loss_and_grads(module: nn.Module, params: Any, x: jax.Array, y: jax.Arra
     ex = _executor()
     if ex is not None:
         return ex.loss_and_grads(module, params, x, y, loss_fn=functools.partial(
-            cross_entropy, label_smoothing=label_smoothing))
+            cross_entropy, label_smoothing=label_smoothing), remat=BACKEND['name'] == 'per_op_remat')
     (loss, logits), grads = _whole_net_fns(module, float(label_smoothing))[0](params, x, y)
     return loss, logits, grads
 
