@@ -13,8 +13,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-LABELS = {"bp": "backprop", "fg": "forward gradient (K=1)", "fg_local": "local activity-perturbed FG"}
-COLORS = {"bp": "tab:blue", "fg": "tab:red", "fg_local": "tab:green"}
+LABELS = {
+    "bp": "backprop",
+    "fg": "forward gradient (K=1)",
+    "fg_rank1": "forward gradient, rank-1 tangent",
+    "fg_local": "local activity-perturbed FG",
+}
+COLORS = {"bp": "tab:blue", "fg": "tab:red", "fg_rank1": "tab:orange", "fg_local": "tab:green"}
 
 
 def main(src: str, dst: str) -> None:

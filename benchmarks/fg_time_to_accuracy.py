@@ -1,5 +1,8 @@
 """Time-to-accuracy on real Fashion-MNIST: backprop vs forward gradients vs local activity-perturbed FG; prints JSON.
 
+Methods: bp, fg (i.i.d. Rademacher tangents), fg_rank1 (rank-one Rademacher
+tangents, same learning-rate grid as fg), fg_local.
+
 Models (the FG paper's MNIST set): logistic regression, MLP 784-1024-1024-10,
 CNN with four 3x3x64 convs, two max-pools, FC 1024, FC 10. Batch 64, SGD with
 momentum 0.9 and a constant learning rate for every method.
@@ -32,7 +35,7 @@ from ghn_jax.train import finetune
 from ghn_jax.train import local_losses as ll
 
 MODELS = {"logreg": ll.make_logreg, "mlp": ll.make_mlp, "cnn": ll.make_cnn}
-METHODS = ("bp", "fg", "fg_local")
+METHODS = ("bp", "fg", "fg_rank1", "fg_local")
 # Learning-rate grids: log-spaced, the same number of values per method, centred on each method's best value in
 # 5-second pilot runs (larger FG rates diverge).
 GRIDS = {
@@ -53,8 +56,15 @@ def accuracy(module, params, x, y, batch: int = 500) -> tuple[float, float]:
 
 def run(module, method: str, lr: float, model: str, data: dict, budget_s: float, num_evals: int, seed: int = 0) -> dict:
     """Trains for `budget_s` seconds of wall-clock (evaluation excluded); returns the curve."""
+    rank1 = method == "fg_rank1"
     config = finetune.TrainConfig(
-        grad=method, optimizer="momentum", learning_rate=lr, batch_size=64, seed=seed, num_groups=GROUPS[model]
+        grad="fg" if rank1 else method,
+        distribution="rank1" if rank1 else "rademacher",
+        optimizer="momentum",
+        learning_rate=lr,
+        batch_size=64,
+        seed=seed,
+        num_groups=GROUPS[model],
     )
     x_tr, y_tr = data["train"]
     key = jax.random.key(seed)
@@ -129,7 +139,7 @@ def main() -> None:
         tune_s, budget_s = (b * args.scale for b in BUDGETS[model])
         for method in args.methods.split(","):
             tuning = {}
-            for lr in GRIDS[model][method]:
+            for lr in GRIDS[model]["fg" if method == "fg_rank1" else method]:
                 out = run(module, method, lr, model, {**data, "eval": data["val"]}, tune_s, num_evals=2)
                 tuning[lr] = out["curve"][-1]["eval_acc"]
             # Best short-run accuracy first; a rate that diverges in the long run falls back to the next best.

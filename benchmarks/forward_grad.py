@@ -8,10 +8,11 @@ median over rounds):
 * bp: `jax.value_and_grad`;
 * bp_remat: `jax.value_and_grad` with sqrt(L)-layer segments wrapped in `jax.checkpoint`;
 * fg: `value_and_fwd_grad` with K=1 (tangent generation included);
+* fg_rank1: the same with rank-one tangents (`distribution='rank1'`);
 * jvp_given_v: `jax.jvp` with a precomputed tangent (no generation, no scaling);
 * tangent: drawing one tangent alone (materialised, so an upper bound on its
   share inside the fused step, where it is drawn twice);
-* bp_step / fg_step: a whole jitted SGD training step.
+* bp_step / fg_step / fg_rank1_step: a whole jitted SGD training step.
 
 Memory is XLA's compiled buffer analysis: temporary and output bytes (the
 arguments, identical for all variants, are excluded; the output of the
@@ -69,6 +70,9 @@ def block_loss(net: ll.LocalLossNet, remat: bool):
     return loss
 
 
+MEMORY_VARIANTS = ("fwd", "bp", "bp_remat", "fg", "fg_rank1", "jvp_given_v")
+
+
 def memory_mb(jitted, *args) -> dict[str, float]:
     """Temporary and output buffer sizes of the compiled function, in MB (arguments excluded)."""
     m = jitted.lower(*args).compile().memory_analysis()
@@ -84,16 +88,20 @@ def functions(net: ll.LocalLossNet, params, x, y):
     state = opt.init(params)
     bp_step = fg.make_train_step(loss, opt, grad="bp")
     fg_step = fg.make_train_step(loss, opt, grad="fg")
+    fg_rank1_step = fg.make_train_step(loss, opt, grad="fg", distribution="rank1")
     vfg = fg.value_and_fwd_grad(loss)
+    vfg_rank1 = fg.value_and_fwd_grad(loss, distribution="rank1")
     return {
         "fwd": (jax.jit(loss), (params, x, y)),
         "bp": (jax.jit(jax.value_and_grad(loss)), (params, x, y)),
         "bp_remat": (jax.jit(jax.value_and_grad(block_loss(net, remat=True))), (params, x, y)),
         "fg": (jax.jit(lambda p, k, x, y: vfg(p, x, y, key=k)), (params, key, x, y)),
+        "fg_rank1": (jax.jit(lambda p, k, x, y: vfg_rank1(p, x, y, key=k)), (params, key, x, y)),
         "jvp_given_v": (jax.jit(lambda p, v, x, y: jax.jvp(lambda q: loss(q, x, y), (p,), (v,))), (params, v, x, y)),
         "tangent": (jax.jit(lambda k: fg.sample_tangent(k, params)), (key,)),
         "bp_step": (bp_step, (params, state, key, x, y)),
         "fg_step": (fg_step, (params, state, key, x, y)),
+        "fg_rank1_step": (fg_rank1_step, (params, state, key, x, y)),
     }
 
 
@@ -130,7 +138,7 @@ def measure(model: str, rounds: int, batch: int = 64) -> dict:
     times = time_interleaved(fns, rounds)
     med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
     paired = lambda a, b: float(np.median(np.asarray(times[a]) / np.asarray(times[b])))  # noqa: E731
-    mem = {k: memory_mb(f, *args) for k, (f, args) in fns.items() if k in ("fwd", "bp", "bp_remat", "fg", "jvp_given_v")}
+    mem = {k: memory_mb(f, *args) for k, (f, args) in fns.items() if k in MEMORY_VARIANTS}
     return {
         "model": model,
         "params": fg.tree_size(params),
@@ -139,6 +147,9 @@ def measure(model: str, rounds: int, batch: int = 64) -> dict:
         "median_ms": med,
         "ratio_fg_over_bp": med["fg"] / med["bp"],
         "ratio_fg_over_bp_paired": paired("fg", "bp"),
+        "ratio_fg_rank1_over_bp": med["fg_rank1"] / med["bp"],
+        "ratio_fg_rank1_over_bp_paired": paired("fg_rank1", "bp"),
+        "ratio_fg_rank1_step_over_bp_step_paired": paired("fg_rank1_step", "bp_step"),
         "ratio_fg_over_bp_remat": med["fg"] / med["bp_remat"],
         "ratio_fg_step_over_bp_step": med["fg_step"] / med["bp_step"],
         "ratio_fg_step_over_bp_step_paired": paired("fg_step", "bp_step"),
@@ -158,7 +169,7 @@ def memory_only(depth: int = 8, width: int = 1024, batch: int = 1024) -> dict:
     params = jax.eval_shape(lambda: net.init(jax.random.key(0), x)["params"])
     params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
     fns = functions(net, params, x, y)
-    mem = {k: memory_mb(f, *args) for k, (f, args) in fns.items() if k in ("fwd", "bp", "bp_remat", "fg", "jvp_given_v")}
+    mem = {k: memory_mb(f, *args) for k, (f, args) in fns.items() if k in MEMORY_VARIANTS}
     return {"model": f"mlp_{depth}x{width}", "params": fg.tree_size(params), "batch": batch, "memory_mb": mem}
 
 

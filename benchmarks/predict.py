@@ -6,7 +6,8 @@ Sections of the output:
   compiles and predicts all parameters once; timed from outside (wall clock, spawn included), with the child's
   CPU time and peak RSS (``getrusage(RUSAGE_CHILDREN)``) and its own breakdown. ``--runs`` such processes, median.
   With ``--compile-cache`` the same is repeated with jax's persistent compilation cache in a temporary directory
-  (the first of those runs fills it); that is an opt-in setting, reported separately, never in the main figure.
+  (the first of those runs fills it). `python -m ghn_jax.predict` keeps such a cache by default, the library does
+  not (`ghn_jax.compilation_cache.enable()`); the main figure is always without it.
 * ``warm``: medians over ``--repeats`` in this process, after a first prediction:
   ``predict_with_graph_build`` (the graph cache cleared before every call: what the reference's 0.168 s measures),
   ``predict_cached_graph`` (``GHN2.predict`` as called twice on the same module), and the parts: ``graph_build``
@@ -70,13 +71,11 @@ t1 = time.perf_counter()
 ghn = GHN2.from_checkpoint(sys.argv[1])
 t2 = time.perf_counter()
 module = nets.resnet50(10, cifar=True)
-graph = ghn.graph(module, (1, 32, 32, 3))
-t3 = time.perf_counter()
 params = jax.block_until_ready(ghn.predict(module, (1, 32, 32, 3)))
-t4 = time.perf_counter()
+t3 = time.perf_counter()
 n = sum(p.size for p in jax.tree_util.tree_leaves(params))
-print(json.dumps({'import_s': t1 - t0, 'load_ghn_s': t2 - t1, 'graph_build_s': t3 - t2,
-                  'compile_and_predict_s': t4 - t3, 'n_params': int(n), 'xla_compiles': compiles or None}))
+print(json.dumps({'import_s': t1 - t0, 'load_ghn_s': t2 - t1, 'build_compile_predict_s': t3 - t2,
+                  'n_params': int(n), 'xla_compiles': compiles or None}))
 '''
 
 
@@ -103,7 +102,7 @@ def fresh_process(runs: int, cache_dir: str | None = None, count_compiles: bool 
         rows.append(row)
     # ru_maxrss of RUSAGE_CHILDREN is the largest peak of any child so far (KiB on Linux).
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20
-    keys = ('wall_s', 'cpu_s', 'import_s', 'load_ghn_s', 'graph_build_s', 'compile_and_predict_s')
+    keys = ('wall_s', 'cpu_s', 'import_s', 'load_ghn_s', 'build_compile_predict_s')
     return {'median': {k: _median([r[k] for r in rows]) for k in keys}, 'peak_rss_gb_max_over_children': peak_gb,
             'runs': rows}
 

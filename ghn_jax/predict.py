@@ -3,6 +3,9 @@
 Predicts every parameter of the architecture described by ARCH.json (golden ``arch.json`` schema, see
 :func:`ghn_jax.nets.from_arch_json`) with the GHN in CKPT and saves them as an ``.npz``: keys are ghn_jax parameter
 paths joined by ``/`` (Flax layouts), or PyTorch names and layouts with ``--reference-names``.
+
+The GHN's compiled executables are kept in a persistent cache (``--compilation-cache``, default
+``~/.cache/ghn_jax/xla``; an empty value turns it off), so later runs skip the compile.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import time
 import flax
 import numpy as np
 
+from ghn_jax import compilation_cache
 from ghn_jax.hypernet.predictor import GHN2
 from ghn_jax.nets import from_arch_json, to_torch_state_dict
 
@@ -25,8 +29,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument('--out', required=True, help='output .npz')
     parser.add_argument('--reference-names', action='store_true', help='PyTorch names and layouts')
     parser.add_argument('--no-classifier', action='store_true', help='do not predict the classifier layer')
+    parser.add_argument('--compilation-cache', default=compilation_cache.DEFAULT_DIR,
+                        help='directory of the persistent XLA cache ("" turns it off)')
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    if args.compilation_cache:
+        compilation_cache.enable(args.compilation_cache)
     ghn = GHN2.from_checkpoint(args.ghn)
     with open(args.arch) as f:
         module, shape = from_arch_json(json.load(f))

@@ -45,7 +45,7 @@ def _cosines(vfg, params, x, y, true, keys):
 
 @pytest.fixture(scope="module")
 def small_problem_means():
-    """Means of 100 d single-tangent estimates (d = 92), one compile for both distributions."""
+    """Means of 100 d single-tangent estimates (d = 92), one compile for all distributions."""
     params, x, y = _problem((6, 8, 4))
     d = fg.tree_size(params)
     keys = jax.random.split(jax.random.key(1), 100 * d)
@@ -53,7 +53,7 @@ def small_problem_means():
     @jax.jit
     def means():
         out = {}
-        for dist in ("rademacher", "gaussian"):
+        for dist in ("rademacher", "gaussian", "rank1"):
             vfg = fg.value_and_fwd_grad(_mlp_loss, distribution=dist)
             ests = jax.vmap(lambda k: vfg(params, x, y, key=k)[1])(keys)
             out[dist] = jax.tree.map(lambda a: a.mean(0), ests)
@@ -62,7 +62,7 @@ def small_problem_means():
     return params, x, y, d, means()
 
 
-@pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
+@pytest.mark.parametrize("distribution", ["rademacher", "gaussian", "rank1"])
 def test_mean_of_100d_estimates_matches_grad(small_problem_means, distribution):
     params, x, y, d, means = small_problem_means
     assert d <= 1000
@@ -70,13 +70,13 @@ def test_mean_of_100d_estimates_matches_grad(small_problem_means, distribution):
     assert _cosine(means[distribution], true) >= 0.99
 
 
-@pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
+@pytest.mark.parametrize("distribution", ["rademacher", "gaussian", "rank1"])
 def test_error_of_the_mean_is_unbiased_noise(small_problem_means, distribution):
     params, x, y, d, means = small_problem_means
     true = _true_grad(params, x, y)
     num = 100 * d
     total_sq = sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(true))
-    var_scale = 1.0 if distribution == "rademacher" else 2.0  # per-coordinate Var <= scale * |grad|^2
+    var_scale = 2.0 if distribution == "gaussian" else 1.0  # per-coordinate Var <= scale * |grad|^2
     errs_sq = 0.0
     for est, ref in zip(jax.tree.leaves(means[distribution]), jax.tree.leaves(true)):
         err = float(jnp.linalg.norm(est - ref))
@@ -150,14 +150,15 @@ def test_projection_beats_mean_at_equal_k_and_stays_unbiased(cosine_stats):
     assert abs(norm(mean) / norm(small_true) - 1) < 0.1
 
 
-def test_value_is_exact_and_estimate_is_d_times_tangent():
+@pytest.mark.parametrize("distribution", ["rademacher", "rank1"])
+def test_value_is_exact_and_estimate_is_d_times_tangent(distribution):
     params, x, y = _problem((5, 7, 3))
     key = jax.random.key(3)
 
     @jax.jit
     def run():
-        value, est = fg.value_and_fwd_grad(_mlp_loss)(params, x, y, key=key)
-        v = fg.sample_tangent(key, (params,))[0]
+        value, est = fg.value_and_fwd_grad(_mlp_loss, distribution=distribution)(params, x, y, key=key)
+        v = fg.sample_tangent(key, (params,), distribution)[0]
         loss, deriv = jax.jvp(lambda p: _mlp_loss(p, x, y), (params,), (v,))
         return value, est, loss, deriv, v
 
@@ -168,9 +169,10 @@ def test_value_is_exact_and_estimate_is_d_times_tangent():
         np.testing.assert_allclose(e, deriv * t, rtol=1e-5, atol=1e-7)
 
 
-def test_deterministic_given_key_and_different_across_keys():
+@pytest.mark.parametrize("distribution", ["rademacher", "rank1"])
+def test_deterministic_given_key_and_different_across_keys(distribution):
     params, x, y = _problem((5, 7, 3))
-    vfg = jax.jit(fg.value_and_fwd_grad(_mlp_loss, num_tangents=3))
+    vfg = jax.jit(fg.value_and_fwd_grad(_mlp_loss, num_tangents=3, distribution=distribution))
     _, a = vfg(params, x, y, key=jax.random.key(8))
     _, b = vfg(params, x, y, key=jax.random.key(8))
     _, c = vfg(params, x, y, key=jax.random.key(9))
@@ -192,6 +194,19 @@ def test_tangent_moments_and_independence():
             assert abs(np.mean(a**4) - 3) < 0.1, (dist, gen)  # Gaussian kurtosis.
         # Neighbours and the two leaves are uncorrelated.
         assert abs(np.mean(a[1:] * a[:-1])) < 0.02 and abs(np.mean(a[:60000] * b)) < 0.02, (dist, gen)
+
+
+@pytest.mark.parametrize("generator", ["hash", "jax"])
+def test_rank1_tangents_are_signs_of_rank_one_with_identity_covariance(generator):
+    like = {"w": jnp.zeros((4, 3)), "b": jnp.zeros((5,))}
+    keys = jax.random.split(jax.random.key(11), 4000)
+    draws = jax.jit(jax.vmap(lambda k: fg.sample_tangent(k, like, "rank1", generator)))(keys)
+    w, b = np.asarray(draws["w"]), np.asarray(draws["b"])
+    assert set(np.unique(w)) == {-1.0, 1.0} and set(np.unique(b)) == {-1.0, 1.0}
+    assert all(np.linalg.matrix_rank(m) == 1 for m in w[:20])
+    # E[v v^T] = I over all 17 coordinates: unbiased estimates, uncorrelated entries.
+    flat = np.concatenate([w.reshape(len(w), -1), b], axis=1)
+    np.testing.assert_allclose(flat.T @ flat / len(flat), np.eye(17), atol=0.06)
 
 
 def test_jax_generator_with_rbg_key():

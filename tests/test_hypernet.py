@@ -1,6 +1,8 @@
 """The hypernetwork: parity with the reference (golden outputs), compilation counts, variants, checkpoints."""
 import json
 import os
+import subprocess
+import sys
 import zipfile
 
 import jax
@@ -182,16 +184,29 @@ def test_reference_pt_checkpoint_is_read_without_torch(tmp_path):
         ckpt.load_torch_checkpoint(str(bad))
 
 
-def test_predict_cli(tmp_path):
-    from ghn_jax.predict import main
-    out = tmp_path / 'pred.npz'
-    summary = main(['--ghn', str(GOLDEN / 'ghn2_cifar10_random.npz'), '--arch',
-                    str(GOLDEN / 'dn_train_017_bnfree' / 'arch.json'), '--out', str(out), '--reference-names'])
+def test_predict_cli_twice_with_a_compilation_cache(tmp_path):
+    """The user's command in fresh processes: the first run fills the persistent cache, the second loads the GHN
+    executable from it (jax logs the cache hit) and writes the same, reference-parity tensors."""
+    cache = tmp_path / 'xla'
     ref = np.load(GOLDEN / 'dn_train_017_bnfree' / 'predicted.npz')
-    mine = np.load(out)
-    assert summary['params'] == 123_818
-    for k in ref.files:
-        np.testing.assert_allclose(mine[k], ref[k], atol=1e-4 * max(1, np.abs(ref[k]).max()))
+    env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}  # conftest sets one
+    env['JAX_LOG_COMPILES'] = '1'
+    logs = []
+    for run in range(2):
+        out = tmp_path / f'pred{run}.npz'
+        proc = subprocess.run([sys.executable, '-m', 'ghn_jax.predict', '--ghn', str(GOLDEN / 'ghn2_cifar10_random.npz'),
+                               '--arch', str(GOLDEN / 'dn_train_017_bnfree' / 'arch.json'), '--out', str(out),
+                               '--reference-names', '--compilation-cache', str(cache)],
+                              capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1])['params'] == 123_818
+        mine = np.load(out)
+        for k in ref.files:
+            np.testing.assert_allclose(mine[k], ref[k], atol=1e-4 * max(1, np.abs(ref[k]).max()))
+        logs.append(proc.stderr)
+    assert any(cache.iterdir())
+    hit = "Persistent compilation cache hit for 'jit__apply'"
+    assert hit not in logs[0] and hit in logs[1]
 
 
 def test_reference_pt_of_the_golden_ghn_loads_identically(golden_ghn, tmp_path):

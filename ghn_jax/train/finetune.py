@@ -62,7 +62,7 @@ class TrainConfig:
     log_every: int = 50
     # Forward-gradient options ('fg' uses the first five, 'fg_local' distribution/generator/groups/patches).
     num_tangents: int = 1
-    distribution: str = "rademacher"
+    distribution: str = "rademacher"  # or "gaussian", "rank1" (the cheapest step for dense and conv layers)
     reduction: str = "mean"
     clip: float | None = None
     generator: str = "hash"

@@ -32,6 +32,7 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from ghn_jax import compilation_cache
 from ghn_jax.graphs.graph import ArchGraph, build_graph
 from ghn_jax.hypernet.batch import auto_budget, pack
 from ghn_jax.hypernet.ghn import (HOST_OUTPUTS, GHN, GHNConfig, assemble, assemble_host, assemble_host_vjp,
@@ -206,15 +207,6 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
                          axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def enable_compilation_cache(directory: str) -> None:
-    """Keep every compiled executable on disk, so restarts and later runs skip the op compiles."""
-    if jax.config.jax_compilation_cache_dir:  # already set (e.g. JAX_COMPILATION_CACHE_DIR): keep it
-        return
-    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(directory))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Meta-train a GHN as configured, checkpointing into ``workdir``; resumes from its latest checkpoint.
 
@@ -225,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.get('distributed', False):
         jax.distributed.initialize()
     if config.get('compilation_cache_dir'):
-        enable_compilation_cache(config.compilation_cache_dir)
+        compilation_cache.enable(config.compilation_cache_dir)
     targets.set_backend(config.get('target_backend', 'per_op'))
     cfg = ghn_config(config)
     ghn = GHN(cfg)
