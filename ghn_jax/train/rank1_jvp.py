@@ -128,7 +128,9 @@ def jvp(fun: Callable[..., Any], primals: tuple, tangents: tuple) -> tuple[PyTre
     """Like `jax.jvp(fun, primals, tangents)`; tangent leaves may be `Rank1` factors.
 
     Tangents must have the structure of `primals`, with a `Rank1` (of the
-    leaf's shape) or an array at each leaf.
+    leaf's shape) or an array at each leaf. Call it under `jax.jit` (as
+    `value_and_fwd_grad` users do): outside a trace it evaluates the jaxpr one
+    primitive at a time.
     """
     flat_x, tree = jax.tree.flatten(tuple(primals))
     flat_t = tree.flatten_up_to(tuple(tangents))
