@@ -139,12 +139,15 @@ def _full_correlation(g: jax.Array, taps: dict[Pair, jax.Array | None], in_hw: P
     return dx
 
 
-def _bilinear_jvp(apply, grad_x, grad_w):
-    """JVP rule of ``apply(x, w, stride, padding, dilation)``, a map linear in x and in w (a convolution).
+def _bilinear_kernel(apply, grad_x, grad_w):
+    """``apply(x, w, stride, padding, dilation)``, a map linear in x and in w (a convolution), as one jitted call
+    whose JVP differentiates it with the hand-written gradients.
 
-    Each tangent term is a ``linear_call`` whose transpose is the hand-written ``grad_x(w, g, in_hw, *geometry)``
-    or ``grad_w(x, g, kernel_hw, *geometry)``: reverse mode then runs those instead of XLA's own transposes.
+    Each tangent term is a ``linear_call`` whose transpose is ``grad_x(w, g, in_hw, *geometry)`` or
+    ``grad_w(x, g, kernel_hw, *geometry)``: reverse mode then runs those instead of XLA's own transposes.
     """
+    kernel_fn = jax.custom_jvp(apply, nondiff_argnums=(2, 3, 4))
+
     def jvp(stride, padding, dilation, primals, tangents):
         x, w = primals
         tx, tw = tangents
@@ -160,7 +163,9 @@ def _bilinear_jvp(apply, grad_x, grad_w):
                               lambda x_, g: grad_w(x_, g, kernel, *geometry), x, tw)
             ty = tyw if ty is None else ty + tyw
         return y, jnp.zeros_like(y) if ty is None else ty
-    return jvp
+
+    kernel_fn.defjvp(jvp, symbolic_zeros=True)
+    return _one_call(kernel_fn, 2, 3)
 
 
 # -- depthwise conv ----------------------------------------------------------------------------------------------
@@ -190,13 +195,7 @@ def _dw_grad_w(x: jax.Array, g: jax.Array, kernel: Pair, stride: Pair, padding: 
     return jnp.stack(sums).reshape(kernel[0], kernel[1], 1, x.shape[3])
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def _depthwise(x: jax.Array, w: jax.Array, stride: Pair, padding: Padding, dilation: Pair) -> jax.Array:
-    return _dw_apply(x, w, stride, padding, dilation)
-
-
-_depthwise.defjvp(_bilinear_jvp(_dw_apply, _dw_grad_x, _dw_grad_w), symbolic_zeros=True)
-_depthwise_call = _one_call(_depthwise, 2, 3)
+_depthwise_call = _bilinear_kernel(_dw_apply, _dw_grad_x, _dw_grad_w)
 
 
 def depthwise_conv2d(x: jax.Array, w: jax.Array, stride: int | Sequence[int] = 1, padding=0,
@@ -238,13 +237,7 @@ def _conv_grad_w(x: jax.Array, g: jax.Array, kernel: Pair, stride: Pair, padding
     return jnp.stack(per_tap).reshape(tuple(kernel) + (x.shape[3], g.shape[3]))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def _conv(x: jax.Array, w: jax.Array, stride: Pair, padding: Padding, dilation: Pair) -> jax.Array:
-    return _conv_apply(x, w, stride, padding, dilation)
-
-
-_conv.defjvp(_bilinear_jvp(_conv_apply, _conv_grad_x, _conv_grad_w), symbolic_zeros=True)
-_conv_call = _one_call(_conv, 2, 3)
+_conv_call = _bilinear_kernel(_conv_apply, _conv_grad_x, _conv_grad_w)
 
 
 def conv2d(x: jax.Array, w: jax.Array, stride: int | Sequence[int] = 1, padding=0,
