@@ -4,7 +4,9 @@ Prints one JSON object: for every op and shape, median milliseconds of the jitte
 forward + backward to all inputs (``fwd_bwd``, gradient of a sum of the output times a fixed random cotangent),
 for the lax reference and the custom kernel, and the speedups (lax / custom).
 
-Usage: ``python -m benchmarks.kernels [--repeats 7] [--quick]`` (``--quick``: the 64x16x16x64 shape only).
+Usage: ``python -m benchmarks.kernels [--repeats 7] [--quick | --attention-only]`` (``--quick``: attention and the
+64x16x16x64 shape only). Attention shapes are (batch, tokens, heads, head dim) of the ``msa`` op at 32x32, 16x16 and
+8x8 maps.
 """
 from __future__ import annotations
 
@@ -20,12 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ghn_jax.nets.kernels import avg_pool2d, conv2d, depthwise_conv2d, max_pool2d
+from ghn_jax.nets.kernels import attention, avg_pool2d, conv2d, depthwise_conv2d, max_pool2d
 
 SHAPES = ((64, 32, 32, 32), (64, 16, 16, 64))
 DEPTHWISE = ((3, 1, 1), (3, 2, 1), (3, 1, 2), (3, 2, 2), (5, 1, 1), (5, 2, 1), (5, 1, 2), (5, 2, 2))  # k, s, d
 POOLS = ((3, 1, 1), (3, 2, 1))  # k, stride, padding
 DENSE = (((1, 1), 1), ((3, 3), 1), ((3, 3), 2), ((5, 5), 1), ((7, 1), 1), ((1, 7), 1))  # kernel, stride
+ATTENTION = ((64, 1024, 8, 4), (64, 256, 8, 8), (64, 64, 8, 16))  # batch, tokens (32x32, 16x16, 8x8 maps), heads, dim
 
 
 def _median_ms(fun: Callable, args: tuple, repeats: int) -> float:
@@ -62,13 +65,25 @@ def _lax_conv(x, w, stride, padding):
     return lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
+def _plain_attention(q, k, v):
+    scores = jnp.einsum('bihd,bjhd->bhij', q, k) * q.shape[-1] ** -0.5
+    return jnp.einsum('bhij,bjhd->bihd', jax.nn.softmax(scores, axis=-1), v)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--repeats', type=int, default=7)
     parser.add_argument('--quick', action='store_true', help='only the 64x16x16x64 shape')
+    parser.add_argument('--attention-only', action='store_true', help='only the attention kernel')
     args = parser.parse_args()
-    shapes = SHAPES[1:] if args.quick else SHAPES
+    shapes = () if args.attention_only else SHAPES[1:] if args.quick else SHAPES
     results: dict = {'device': str(jax.devices()[0]), 'jax': jax.__version__, 'results': {}}
+    for shape in ATTENTION:
+        q, k, v = (jax.random.normal(jax.random.key(i), shape) for i in range(3))
+        name = f'attention/{"x".join(map(str, shape))}'
+        results['results'][name] = _compare(_plain_attention, lambda q, k, v: attention(q, k, v, shape[-1] ** -0.5),
+                                            (q, k, v), args.repeats)
+        print(name, results['results'][name], flush=True, file=sys.stderr)
     for shape in shapes:
         x = jax.random.normal(jax.random.key(0), shape)
         tag = 'x'.join(map(str, shape))

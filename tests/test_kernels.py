@@ -1,4 +1,4 @@
-"""Exactness of the custom conv (dense, depthwise) and pooling kernels against the lax reference ops.
+"""Exactness of the custom conv (dense, depthwise), pooling and attention kernels against plain JAX references.
 
 Values, reverse-mode gradients (``jax.vjp``), forward-mode tangents (``jax.jvp``) and ``vmap`` over ``jvp`` are
 compared on small random inputs covering strides 1/2, dilation 1/2, kernels 1/3/5/7x1, odd and even sizes.
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from ghn_jax.nets.kernels import avg_pool2d, conv2d, depthwise_conv2d, max_pool2d
+from ghn_jax.nets import kernels
+from ghn_jax.nets.kernels import attention, avg_pool2d, conv2d, depthwise_conv2d, max_pool2d
 from ghn_jax.nets.layers import torch_conv
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -117,6 +118,43 @@ def test_vmap_of_jvp():
     gx = jax.jit(jax.vmap(jax.grad(lambda x: jnp.sum(fast(x[None]) ** 2))))(x)
     gx_ref = jax.jit(jax.vmap(jax.grad(lambda x: jnp.sum(ref(x[None]) ** 2))))(x)
     np.testing.assert_allclose(gx, gx_ref, rtol=1e-4, atol=1e-4)
+
+
+def _plain_attention(q, k, v, scale):
+    scores = jnp.einsum('bihd,bjhd->bhij', q, k, precision=lax.Precision.HIGHEST) * scale
+    return jnp.einsum('bhij,bjhd->bihd', jax.nn.softmax(scores, axis=-1), v, precision=lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize('shape,chunk', [((2, 16, 2, 4), 1 << 20), ((3, 10, 2, 3), 200), ((5, 9, 3, 2), 81 * 4)])
+def test_attention(shape, chunk, monkeypatch):
+    """One chunk, and several: 6 (batch x head) rows in chunks of 2, 15 rows in chunks of 3 (4 does not divide 15)."""
+    monkeypatch.setattr(kernels, 'ATTENTION_CHUNK_ELEMENTS', chunk)
+    q, k, v = (jax.random.normal(jax.random.key(10 + i), shape) for i in range(3))
+    _check(lambda q, k, v: attention(q, k, v, 0.7), lambda q, k, v: _plain_attention(q, k, v, 0.7), q, k, v)
+
+
+def test_attention_partial_derivatives_and_vmap():
+    """Gradients w.r.t. a subset of q, k, v (the others are symbolic zeros) and vmap over jvp (forward gradients)."""
+    q, k, v = (jax.random.normal(jax.random.key(20 + i), (2, 12, 2, 4)) for i in range(3))
+    for argnums in [(0,), (1,), (2,), (0, 2)]:
+        loss = lambda f: (lambda *a: jnp.sum(jnp.sin(f(*a, 0.5))))
+        got = jax.jit(jax.grad(loss(attention), argnums))(q, k, v)
+        want = jax.jit(jax.grad(loss(_plain_attention), argnums))(q, k, v)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    ts = jax.random.normal(jax.random.key(30), (3,) + q.shape)
+    tangent = lambda f: jax.jit(jax.vmap(lambda t: jax.jvp(lambda q: f(q, k, v, 0.5), (q,), (t,))[1]))
+    np.testing.assert_allclose(tangent(attention)(ts), tangent(_plain_attention)(ts), rtol=1e-4, atol=1e-5)
+
+
+def test_attention_keeps_no_score_matrix_for_the_backward_pass():
+    """Residuals of the linearisation are q, k, v, the output and row log-sum-exps: O(tokens), not O(tokens^2)."""
+    q = k = v = jnp.ones((2, 64, 2, 4))
+    residuals = jax.linearize(lambda q: attention(q, k, v, 0.5), q)[1]
+    sizes = [leaf.size for leaf in jax.tree_util.tree_leaves(residuals) if hasattr(leaf, 'size')]
+    assert sizes and max(sizes) <= q.size, sizes
+    plain = jax.linearize(lambda q: _plain_attention(q, k, v, 0.5), q)[1]
+    assert max(leaf.size for leaf in jax.tree_util.tree_leaves(plain) if hasattr(leaf, 'size')) >= 2 * 2 * 64 * 64
 
 
 @pytest.mark.parametrize('groups', [6, 1, 3])

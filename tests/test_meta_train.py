@@ -238,6 +238,12 @@ def test_evaluate_cli_reports_every_method(tmp_path):
     assert all(0.0 <= v['mean'] <= 100.0 for v in summary.values())
     assert 'bnfree' in results['extra'] and 'ghn' in results['extra']['bnfree']
     assert out.exists() and (tmp_path / 'results.png').stat().st_size > 1000
+    # without the random baseline (no whole-net init compile): only the GHN column, parameter counts unchanged
+    quick = evaluate.main(['--ghn', ghn_path, '--config', os.path.join(ROOT, 'configs', 'test.py'), '--n', '1',
+                           '--no-random-init'])
+    assert set(quick['summary']) == {'ghn'}
+    assert quick['per_arch'][0]['n_params'] == results['per_arch'][0]['n_params']
+    assert quick['per_arch'][0]['ghn'] == results['per_arch'][0]['ghn']
 
 
 def test_merge_joins_evaluation_shards_and_rejects_overlap():

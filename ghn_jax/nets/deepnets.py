@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ghn_jax.nets import kernels
 from ghn_jax.nets.layers import PosEnc, avg_pool, global_avg_pool, max_pool, norm_layer, torch_conv
 
 OP_NAMES = ('none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect', 'sep_conv_3x3', 'sep_conv_5x5', 'dil_conv_3x3',
@@ -177,8 +178,7 @@ class Transformer(nn.Module):
         y = nn.LayerNorm(epsilon=1e-5, name='ln1')(tokens)
         qkv = nn.Dense(3 * c, use_bias=False, name='to_qkv')(y)
         q, k, v = (t.reshape(b, h * w, self.heads, c // self.heads) for t in jnp.split(qkv, 3, axis=-1))
-        attn = jax.nn.softmax(jnp.einsum('bihd,bjhd->bhij', q, k) * (c // self.heads) ** -0.5, axis=-1)
-        out = jnp.einsum('bhij,bjhd->bihd', attn, v).reshape(b, h * w, c)
+        out = kernels.attention(q, k, v, (c // self.heads) ** -0.5).reshape(b, h * w, c)
         out = nn.Dense(self.c_out, name='to_out.0')(out) + tokens
         ff = nn.Dense(self.c_out, name='ff.net.0')(nn.LayerNorm(epsilon=1e-5, name='ln2')(out))
         out = nn.Dense(c, name='ff.net.3')(nn.gelu(ff, approximate=False)) + out

@@ -44,8 +44,12 @@ def mean_se(values) -> tuple[float, float]:
 
 def evaluate_nets(ghn: GHN2 | None, config: ml_collections.ConfigDict, nets: list[tuple[str, Any, tuple]],
                   sgd_steps: tuple[int, ...] = (), sgd_lr: float = 0.05, sgd_nets: int | None = None,
-                  seed: int = 0, split: str = 'test') -> list[dict[str, Any]]:
-    """Per-net accuracies of GHN-predicted params, random init, and SGD from random init (first ``sgd_nets``)."""
+                  seed: int = 0, split: str = 'test', random_init: bool = True) -> list[dict[str, Any]]:
+    """Per-net accuracies of GHN-predicted params, random init, and SGD from random init (first ``sgd_nets``).
+
+    ``random_init=False`` skips the random-initialisation baseline (it does not depend on the GHN, and
+    initialising compiles each whole network, 3-30 s per net on a 2-core CPU) unless SGD needs it.
+    """
     from ghn_jax.train import finetune
     from ghn_jax.train.meta_train import load_image_data
     images = load_image_data(config)
@@ -53,14 +57,19 @@ def evaluate_nets(ghn: GHN2 | None, config: ml_collections.ConfigDict, nets: lis
     x_eval, y_eval = x_eval[:config.eval_examples], y_eval[:config.eval_examples]
     rows = []
     for i, (name, module, shape) in enumerate(tqdm(nets, desc='evaluate')):
-        init = jax.jit(module.init)(jax.random.key(seed + i), jnp.zeros(shape))['params']
+        run_sgd = bool(sgd_steps) and (sgd_nets is None or i < sgd_nets)
+        if random_init or run_sgd:
+            init = jax.jit(module.init)(jax.random.key(seed + i), jnp.zeros(shape))['params']
+        else:
+            init = jax.eval_shape(module.init, jax.random.key(seed + i), jnp.zeros(shape))['params']
         row: dict[str, Any] = {'net': name, 'n_params': int(sum(p.size for p in jax.tree_util.tree_leaves(init)))}
-        row['random_init'] = accuracy_of(module, init, x_eval, y_eval, config.eval_batch_size)
+        if random_init:
+            row['random_init'] = accuracy_of(module, init, x_eval, y_eval, config.eval_batch_size)
         if ghn is not None:
             t = time.perf_counter()
             row['ghn'] = accuracy_of(module, ghn.predict(module, shape), x_eval, y_eval, config.eval_batch_size)
             row['ghn_seconds'] = time.perf_counter() - t
-        if sgd_steps and (sgd_nets is None or i < sgd_nets):
+        if run_sgd:
             cfgs = [finetune.TrainConfig(grad='bp', optimizer='momentum', learning_rate=sgd_lr, num_steps=steps,
                                          batch_size=config.batch_size, seed=seed + i, log_every=max(1, steps))
                     for steps in sgd_steps]
@@ -90,13 +99,13 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def evaluate(ghn: GHN2 | None, config: ml_collections.ConfigDict, split: str, n_archs: int,
              sgd_steps: tuple[int, ...] = (), sgd_lr: float = 0.05, seed: int = 0,
-             sgd_archs: int | None = None, start: int = 0) -> dict[str, Any]:
+             sgd_archs: int | None = None, start: int = 0, random_init: bool = True) -> dict[str, Any]:
     """Accuracies on architectures ``start .. start + n_archs - 1`` of a DeepNets-1M split (see
     :func:`evaluate_nets`); shard a long evaluation with ``start`` and join the parts with :func:`merge`."""
     from ghn_jax.train.meta_train import arch_description
     nets = [(f'{split}/{i}', *from_arch_json(arch_description(config, split, i)))
             for i in range(start, start + n_archs)]
-    rows = evaluate_nets(ghn, config, nets, sgd_steps, sgd_lr, sgd_archs, seed + start, split)
+    rows = evaluate_nets(ghn, config, nets, sgd_steps, sgd_lr, sgd_archs, seed + start, split, random_init)
     return {'split': split, 'n_archs': n_archs, 'summary': summarise(rows), 'per_arch': rows}
 
 
@@ -160,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument('--sgd-archs', type=int, help='run the SGD baselines on the first N architectures only')
     parser.add_argument('--extra-sgd-max', type=int, default=100, help='largest SGD budget for the extra nets')
     parser.add_argument('--extra', default='', help='comma-separated extra nets: resnet18, bnfree (bnfree split #0)')
+    parser.add_argument('--no-random-init', action='store_true',
+                        help='skip the random-initialisation baseline (it does not depend on the GHN; slow on CPU)')
     parser.add_argument('--out', help='write results json here')
     parser.add_argument('--plot', help='write a bar chart here')
     args = parser.parse_args(argv)
@@ -177,11 +188,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ghn = GHN2.from_checkpoint(args.ghn) if args.ghn else None
     steps = tuple(int(s) for s in args.sgd_steps.split(',') if s)
     results = evaluate(ghn, config, args.split, args.n, steps, args.sgd_lr, sgd_archs=args.sgd_archs,
-                       start=args.start)
+                       start=args.start, random_init=not args.no_random_init)
     extra = [e for e in args.extra.split(',') if e]
     if extra:
         rows = evaluate_nets(ghn, config, [extra_net(e, config) for e in extra],
-                             tuple(k for k in steps if k <= args.extra_sgd_max), args.sgd_lr)
+                             tuple(k for k in steps if k <= args.extra_sgd_max), args.sgd_lr,
+                             random_init=not args.no_random_init)
         results['extra'] = {r['net']: r for r in rows}
     return _report(results, args)
 
