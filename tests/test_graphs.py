@@ -1,5 +1,6 @@
 """Graph construction: equality with the reference graphs, special nodes, arbitrary Flax models, formats."""
 import json
+import threading
 import warnings
 
 import flax.linen as nn
@@ -157,7 +158,8 @@ def test_graph_cli(tmp_path):
 
 @pytest.mark.parametrize('which', ['resnet18', 'cse_net', 'vit'])
 def test_fast_parameter_placeholders_give_the_same_graph(which, monkeypatch):
-    """Tracing with placeholder parameters (trace.FAST_INIT) and with the real initializers gives one graph."""
+    """Tracing with the shortcuts of trace.FAST_TRACE (placeholder parameters, stand-in layers, no re-registration of
+    plain module fields) and without them gives one graph."""
     from ghn_jax.graphs import trace
     if which == 'resnet18':
         module, shape = nets.resnet18(10, cifar=True), (1, 32, 32, 3)
@@ -167,11 +169,24 @@ def test_fast_parameter_placeholders_give_the_same_graph(which, monkeypatch):
         geno = nets.Genotype((('cse', 0), ('sep_conv_3x3', 1)), (2,), (('max_pool_3x3', 0), ('dil_conv_3x3', 1)), (2,))
         module, shape = nets.Network(geno, C=8, n_cells=3), (1, 32, 32, 3)
     fast = build_graph(module, shape, cache=False)
-    monkeypatch.setattr(trace, 'FAST_INIT', False)
+    monkeypatch.setattr(trace, 'FAST_TRACE', False)
     slow = build_graph(module, shape, cache=False)
     assert fast.to_reference_json() == slow.to_reference_json()
     assert fast.param_shapes == slow.param_shapes and fast.pruned == slow.pruned
     assert fast.unsupported == slow.unsupported
+
+
+def test_graph_trace_mode_is_thread_local():
+    """Meta-training builds graphs in a background thread while nets run: the stand-in layers of a graph trace
+    must stay in the tracing thread."""
+    from ghn_jax.nets import layers
+    seen = {}
+    with layers.graph_trace_mode():
+        other = threading.Thread(target=lambda: seen.setdefault('other', layers.in_graph_trace()))
+        other.start()
+        other.join()
+        seen['this'] = layers.in_graph_trace()
+    assert seen == {'this': True, 'other': False} and not layers.in_graph_trace()
 
 
 def test_placeholders_never_leak_into_real_initialisation():

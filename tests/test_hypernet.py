@@ -241,6 +241,9 @@ def test_host_assembly_equals_jitted_assembly(golden_ghn):
                 assert got[path].shape == want[path].shape and got[path].dtype == np.float32
                 assert got[path].ctypes.data % 64 == 0  # aligned: jax.device_put on CPU wraps instead of copying
                 np.testing.assert_allclose(got[path], want[path], rtol=1e-6, atol=1e-7, err_msg=str(path))
+            # The tensors are carved from one block (tiling.Arena): they must never overlap.
+            spans = sorted((a.ctypes.data, a.ctypes.data + a.nbytes) for a in got.values())
+            assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
             # Training folds parameter gradients back on the host: the same VJP as the jitted assembly's.
             rng = np.random.default_rng(b)
             grads = {p: rng.standard_normal(np.shape(v)).astype(np.float32) for p, v in want.items()}

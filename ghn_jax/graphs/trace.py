@@ -16,25 +16,37 @@ that emitted them (the jaxpr name stack carries module paths):
 Nodes whose output never reaches the network output are pruned (their parameters are reported as ``pruned``);
 parameters used by modules that are not known layers are reported as ``unsupported`` (with a warning).
 
-Speed (graph construction is on the critical path of every prediction): while tracing, parameters created by the
-standard JAX/Flax initializers with a known shape and dtype are staged as a single ``broadcast_in_dim`` instead of
-tracing the initializer and its PRNG key derivation (they only need a shape and an identity in the jaxpr; their
-values never matter). Other initializers are traced as usual. See :data:`FAST_INIT`.
+Speed (graph construction is on the critical path of every prediction). Only data flow matters here, never values,
+so while tracing (see :data:`FAST_TRACE`):
+
+* parameters created by the standard JAX/Flax initializers with a known shape and dtype are staged as a single
+  ``broadcast_in_dim`` instead of tracing the initializer and its PRNG key derivation; other initializers are traced
+  as usual;
+* ghn_jax's own layers stage a few plain primitives with the same data flow
+  (:func:`ghn_jax.nets.layers.graph_trace_mode`);
+* Flax's search of each module field for submodules to adopt (twice per module) is skipped for plain values
+  (numbers, strings, functions, dtypes, and tuples, lists and dicts of them), which can hold no submodule.
+
+Together these make a ResNet-50 graph about 3x faster to build (0.17 s -> 0.06 s); ``FAST_TRACE = False`` turns
+them off.
 """
 from __future__ import annotations
 
 import dataclasses
-import threading
+import functools
+import types
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import core as flax_core
 from flax.core import scope as flax_scope
+from flax.linen import module as flax_module
 from jax.extend import core as jcore
 
-from ghn_jax.nets.layers import BatchNorm, PosEnc
+from ghn_jax.nets.layers import BatchNorm, PosEnc, graph_trace_mode, in_graph_trace
 
 PRIMITIVES = ('max_pool', 'avg_pool', 'sep_conv', 'dil_conv', 'conv', 'msa', 'cse', 'sum', 'concat', 'input',
               'bias', 'bn', 'ln', 'pos_enc', 'glob_avg')
@@ -42,14 +54,16 @@ PRIMITIVE_ID = {p: i for i, p in enumerate(PRIMITIVES)}
 
 Path = tuple[str, ...]
 
-#: Stage parameters of standard initializers as placeholders while tracing (see the module docstring). Setting it to
-#: False traces every initializer; the graph is the same either way (tests check it), only slower to build.
-FAST_INIT = True
+#: Take the shortcuts of the module docstring while tracing. Setting it to False traces every initializer and
+#: layer as it computes; the graph is the same either way (tests check it), only slower to build.
+FAST_TRACE = True
 
 _INITIALIZER_MODULES = ('jax.nn.initializers', 'jax._src.nn.initializers')
 _ZEROS_ONES = (jax.nn.initializers.zeros, jax.nn.initializers.ones)
-_tracing = threading.local()      # .active: this thread is inside trace_module with FAST_INIT
-_original_param = None            # flax's Scope.param, wrapped once by _install_fast_init
+_original_param = None            # flax's Scope.param, wrapped once by _install_fast_trace
+_original_register = None        # flax's Module._register_submodules, idem
+_PLAIN_TYPES = (type(None), bool, int, float, complex, str, type, np.dtype, types.FunctionType,
+                types.BuiltinFunctionType, functools.partial)
 
 
 def _placeholder_spec(init_fn, init_args: tuple, init_kwargs: dict) -> jax.ShapeDtypeStruct | None:
@@ -72,7 +86,7 @@ def _placeholder_spec(init_fn, init_args: tuple, init_kwargs: dict) -> jax.Shape
 def _fast_param(self, name, init_fn, *init_args, unbox=True, **init_kwargs):
     """``flax.core.scope.Scope.param``, except inside :func:`trace_module`: a new parameter of a standard
     initializer becomes one staged ``broadcast_in_dim`` of zeros (no initializer, no PRNG key derivation)."""
-    spec = _placeholder_spec(init_fn, init_args, init_kwargs) if getattr(_tracing, 'active', False) else None
+    spec = _placeholder_spec(init_fn, init_args, init_kwargs) if in_graph_trace() else None
     if spec is None or self.has_variable('params', name) or not self.is_mutable_collection('params'):
         return _original_param(self, name, init_fn, *init_args, unbox=unbox, **init_kwargs)
     self.reserve(name, 'params')
@@ -81,12 +95,34 @@ def _fast_param(self, name, init_fn, *init_args, unbox=True, **init_kwargs):
     return value
 
 
-def _install_fast_init() -> None:
-    """Wrap ``Scope.param`` once (thread-safe in effect: the wrapper only differs in a thread that is tracing)."""
-    global _original_param
+def _plain(value) -> bool:
+    """A value that cannot hold a Flax submodule: plain leaves, and tuples, lists and dicts of them."""
+    if type(value) in (tuple, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, (dict, flax_core.FrozenDict)):
+        return all(_plain(v) for v in value.values())
+    return isinstance(value, _PLAIN_TYPES) and not isinstance(value, nn.Module)
+
+
+def _fast_register_submodules(self, name, value):
+    """``nn.Module._register_submodules``, except inside :func:`trace_module`: a plain value is only frozen (lists
+    to tuples, dicts to FrozenDicts, as Flax does) and set, without searching it for submodules to adopt."""
+    if in_graph_trace() and _plain(value):
+        object.__setattr__(self, name, flax_module._freeze_attr(value))
+        return
+    _original_register(self, name, value)
+
+
+def _install_fast_trace() -> None:
+    """Wrap ``Scope.param`` and ``Module._register_submodules`` once (thread-safe in effect: the wrappers only
+    differ from the originals in a thread that is tracing)."""
+    global _original_param, _original_register
     if _original_param is None:
         _original_param = flax_scope.Scope.param
         flax_scope.Scope.param = _fast_param
+    if _original_register is None and hasattr(flax_module, '_freeze_attr'):
+        _original_register = nn.Module._register_submodules
+        nn.Module._register_submodules = _fast_register_submodules
 
 
 @dataclasses.dataclass
@@ -341,16 +377,11 @@ def trace_module(module: nn.Module, input_shape: tuple[int, ...], dtype=jnp.floa
         return next_fun(*args, **kwargs)
 
     x = jax.ShapeDtypeStruct(tuple(input_shape), dtype)
-    if FAST_INIT:
-        _install_fast_init()
-    previous = getattr(_tracing, 'active', False)
-    _tracing.active = FAST_INIT
-    try:
-        with nn.intercept_methods(record):
-            closed, out_shape = jax.make_jaxpr(lambda x: module.init_with_output(jax.random.key(0), x),
-                                               return_shape=True)(x)
-    finally:
-        _tracing.active = previous
+    if FAST_TRACE:
+        _install_fast_trace()
+    with graph_trace_mode(FAST_TRACE), nn.intercept_methods(record):
+        closed, out_shape = jax.make_jaxpr(lambda x: module.init_with_output(jax.random.key(0), x),
+                                           return_shape=True)(x)
     leaves = jax.tree_util.tree_flatten_with_path(out_shape)[0]
     overrides, param_shapes, output_positions = {}, {}, []
     for i, ((key_path, leaf), var) in enumerate(zip(leaves, closed.jaxpr.outvars)):

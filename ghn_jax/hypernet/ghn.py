@@ -7,6 +7,7 @@ each target module. Submodule names follow the reference's ``state_dict`` so che
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax
@@ -183,8 +184,12 @@ def assemble_host(out: dict[str, np.ndarray], specs: list[ParamSpec], graph_inde
     jitted function per (kind, shape) and so compiles ~35 functions for a ResNet-50 the first time, this compiles
     nothing; the tensors equal :func:`assemble`'s (indexing is exact, the normalisation agrees to float32 rounding).
     """
-    return _assemble_with(out, specs, graph_index, normalize, tiling.np_conv_kernel, tiling.np_dense_kernel,
-                          tiling.np_pos_encoding, tiling.np_vector)
+    alloc = tiling.Arena([s.shape for s in specs]).empty   # all tensors in one block (see Arena)
+    return _assemble_with(out, specs, graph_index, normalize,
+                          functools.partial(tiling.np_conv_kernel, alloc=alloc),
+                          functools.partial(tiling.np_dense_kernel, alloc=alloc),
+                          functools.partial(tiling.np_pos_encoding, alloc=alloc),
+                          functools.partial(tiling.np_vector, alloc=alloc))
 
 
 def assemble_host_vjp(out: dict[str, np.ndarray], specs: list[ParamSpec], graph_index: int, normalize: bool,

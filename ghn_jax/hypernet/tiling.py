@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -72,18 +73,19 @@ def vector(rows: jax.Array, index: jax.Array, size: int, kind: str, normalize: b
 # that both paths agree.
 # ------------------------------------------------------------------------------------------------------------------
 
-def _np_tile_to(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _np_tile_to(x: np.ndarray, shape: tuple[int, ...], alloc: Allocator = None) -> np.ndarray:
     """numpy ``_tile_to``: repeat ``x`` along every axis to cover ``shape``, crop; a fresh C-contiguous array.
 
     Written in one pass (a broadcast assignment into a ``(reps_0, s_0, reps_1, s_1, ...)`` view) rather than with
     ``np.tile``, which copies once per axis: the tensors of a ResNet-50 are ~94 MB, so passes over memory dominate.
     """
+    alloc = alloc or aligned_empty
     full, interleaved = _tiles(shape, x.shape)
     cropped = full != tuple(shape)
-    out = np.empty(full, x.dtype) if cropped else aligned_empty(full, x.dtype)
+    out = np.empty(full, x.dtype) if cropped else alloc(full, x.dtype)
     out.reshape(interleaved)[...] = x.reshape(tuple(d for s in x.shape for d in (1, s)))
     if cropped:
-        crop = aligned_empty(tuple(shape), x.dtype)
+        crop = alloc(tuple(shape), x.dtype)
         crop[...] = out[tuple(slice(0, t) for t in shape)]
         out = crop
     return out
@@ -97,6 +99,8 @@ def _tiles(shape: tuple[int, ...], block_shape: tuple[int, ...]) -> tuple[tuple[
 
 
 _ALIGN = 64
+#: ``alloc(shape, dtype)`` for the output of a host tiling function; None: :func:`aligned_empty`.
+Allocator = Optional[Callable[[tuple[int, ...], Any], np.ndarray]]
 
 
 def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -109,39 +113,68 @@ def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     return raw[offset:offset + nbytes].view(dtype).reshape(shape)
 
 
+class Arena:
+    """One allocation carved into the tensors of one prediction (each 64-byte aligned, see :func:`aligned_empty`).
+
+    The ~94 MB of a ResNet-50's tensors as one block: the kernel maps it in a few (transparent huge) pages,
+    where ~160 separate allocations are each mapped and zeroed page by page when the previous prediction's memory
+    has been returned to the system (the usual case in a loop): ~55 ms against ~27 ms to assemble. The tensors
+    are views, so the block lives as long as any of them.
+    """
+
+    def __init__(self, shapes: list[tuple[int, ...]], dtype=np.float32):
+        self.dtype = np.dtype(dtype)
+        self.buffer = aligned_empty((sum(self._padded(s) for s in shapes),), np.uint8)
+        self.offset = 0
+
+    def _padded(self, shape: tuple[int, ...]) -> int:
+        return -(-int(np.prod(shape)) * self.dtype.itemsize // _ALIGN) * _ALIGN
+
+    def empty(self, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+        """The next ``shape`` array of the block (``dtype`` must be the arena's)."""
+        assert np.dtype(dtype) == self.dtype, (dtype, self.dtype)
+        n = int(np.prod(shape)) * self.dtype.itemsize
+        out = self.buffer[self.offset:self.offset + n].view(self.dtype).reshape(shape)
+        self.offset += self._padded(shape)
+        return out
+
+
 def _scaled(x: np.ndarray, scale: float | None) -> np.ndarray:
     # Scaling the small block before tiling gives the same values as scaling the tiled tensor (same products).
     return x if scale is None else x * np.float32(scale)
 
 
-def np_conv_kernel(blocks: np.ndarray, start: int, shape: tuple[int, ...], normalize: bool) -> np.ndarray:
+def np_conv_kernel(blocks: np.ndarray, start: int, shape: tuple[int, ...], normalize: bool,
+                   alloc: Allocator = None) -> np.ndarray:
     """numpy :func:`conv_kernel`."""
     kh, kw, i, o = shape
     blk = blocks[start:start + kh * kw].reshape(kh, kw, *blocks.shape[1:])
     scale = weight_scale((o, i, kh, kw)) if normalize else None
-    return _np_tile_to(_scaled(np.swapaxes(blk, 2, 3), scale), shape)
+    return _np_tile_to(_scaled(np.swapaxes(blk, 2, 3), scale), shape, alloc)
 
 
-def np_dense_kernel(blocks: np.ndarray, start: int, shape: tuple[int, ...], normalize: bool) -> np.ndarray:
+def np_dense_kernel(blocks: np.ndarray, start: int, shape: tuple[int, ...], normalize: bool,
+                    alloc: Allocator = None) -> np.ndarray:
     """numpy :func:`dense_kernel`."""
     scale = weight_scale((shape[1], shape[0])) if normalize else None
-    return _np_tile_to(_scaled(blocks[start].T, scale), shape)
+    return _np_tile_to(_scaled(blocks[start].T, scale), shape, alloc)
 
 
-def np_pos_encoding(blocks: np.ndarray, start: int, shape: tuple[int, ...]) -> np.ndarray:
+def np_pos_encoding(blocks: np.ndarray, start: int, shape: tuple[int, ...], alloc: Allocator = None) -> np.ndarray:
     """numpy :func:`pos_encoding`."""
     _, s1, s2, c = shape
     blk = blocks[start:start + s1 * s2].reshape(s1, s2, *blocks.shape[1:])
-    return _np_tile_to(blk[:, :, 0, :], (s1, s2, c))[None]
+    return _np_tile_to(blk[:, :, 0, :], (s1, s2, c), alloc)[None]
 
 
-def np_vector(rows: np.ndarray, index: int, size: int, kind: str, normalize: bool) -> np.ndarray:
+def np_vector(rows: np.ndarray, index: int, size: int, kind: str, normalize: bool,
+              alloc: Allocator = None) -> np.ndarray:
     """numpy :func:`vector` (normalised on the 64-row before tiling: the same values, fewer evaluations)."""
     w = rows[index]
     if normalize:
         w = (np.float32(2.0) / (np.float32(1.0) + np.exp(np.float32(-0.5) * w)) if kind == 'gain'
              else np.tanh(np.float32(0.2) * w)).astype(np.float32)
-    return _np_tile_to(w, (size,))
+    return _np_tile_to(w, (size,), alloc)
 
 
 # ------------------------------------------------------------------------------------------------------------------

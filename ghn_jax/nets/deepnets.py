@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ghn_jax.nets import kernels
-from ghn_jax.nets.layers import PosEnc, avg_pool, global_avg_pool, max_pool, norm_layer, torch_conv
+from ghn_jax.nets.layers import PosEnc, avg_pool, global_avg_pool, max_pool, norm_layer, relu, torch_conv
 
 OP_NAMES = ('none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect', 'sep_conv_3x3', 'sep_conv_5x5', 'dil_conv_3x3',
             'dil_conv_5x5', 'conv_1x1', 'conv_7x1_1x7', 'conv_3x3', 'conv_5x5', 'conv_7x7', 'msa', 'cse')
@@ -86,7 +86,7 @@ class ReLUConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = nn.relu(x)
+        x = relu(x)
         c_in, k, p, s = x.shape[-1], self.kernel, self.kernel // 2, self.stride
         if self.double:
             x = torch_conv(c_in, (1, k), (1, s), (0, p), name='op.1')(x)
@@ -106,7 +106,7 @@ class DilConv(nn.Module):
     @nn.compact
     def __call__(self, x):
         c_in = x.shape[-1]
-        x = nn.relu(x)
+        x = relu(x)
         x = torch_conv(c_in, self.kernel, self.stride, self.kernel - self.kernel % 2, dilation=2, groups=c_in,
                        name='op.1')(x)
         x = torch_conv(self.c_out, 1, name='op.2')(x)
@@ -123,11 +123,11 @@ class SepConv(nn.Module):
     @nn.compact
     def __call__(self, x):
         c_in, k = x.shape[-1], self.kernel
-        x = nn.relu(x)
+        x = relu(x)
         x = torch_conv(c_in, k, self.stride, k // 2, groups=c_in, name='op.1')(x)
         x = torch_conv(c_in, 1, name='op.2')(x)
         x = _maybe_norm(self.norm, c_in, 'op.3', x)
-        x = nn.relu(x)
+        x = relu(x)
         x = torch_conv(c_in, k, 1, k // 2, groups=c_in, name='op.5')(x)
         x = torch_conv(self.c_out, 1, name='op.6')(x)
         return _maybe_norm(self.norm, self.c_out, 'op.7', x)
@@ -141,7 +141,7 @@ class FactorizedReduce(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = nn.relu(x)
+        x = relu(x)
         shifted = x[:, 1:, 1:, :] if self.stride > 1 else x
         a = torch_conv(self.c_out // 2, 1, self.stride, name='conv_1')(x)
         b = torch_conv(self.c_out // 2, 1, self.stride, name='conv_2')(shifted)
@@ -159,7 +159,7 @@ class ChannelSE(nn.Module):
         if c != self.c_out:
             raise ValueError(f'cse keeps the channel count, got {c} -> {self.c_out}')
         squeeze = jnp.mean(x, axis=(1, 2))
-        gate = nn.relu(nn.Dense(c // 2, name='fc1')(squeeze))
+        gate = relu(nn.Dense(c // 2, name='fc1')(squeeze))
         gate = nn.hard_swish(nn.Dense(c, name='fc2')(gate))
         out = x * gate[:, None, None, :]
         return out[:, ::self.stride, ::self.stride] if self.stride > 1 else out
@@ -291,10 +291,10 @@ class Network(nn.Module):
         elif self.stem_type == 1:
             stride = 2 if self.is_imagenet_input else 1
             x = torch_conv(C // 2, self.ks, stride, self.ks // 2, name='stem0.0')(x)
-            x = nn.relu(_maybe_norm(norm, C // 2, 'stem0.1', x))
+            x = relu(_maybe_norm(norm, C // 2, 'stem0.1', x))
             x = torch_conv(C, 3, stride, 1, name='stem0.3')(x)
             s0 = _maybe_norm(norm, C, 'stem0.4', x)
-            x = torch_conv(C, 3, 2, 1, name='stem1.1')(nn.relu(s0))
+            x = torch_conv(C, 3, 2, 1, name='stem1.1')(relu(s0))
             s1 = _maybe_norm(norm, C, 'stem1.2', x)
         else:
             raise ValueError(f'stem_type must be 0 or 1, got {self.stem_type}')
@@ -317,9 +317,9 @@ class Network(nn.Module):
         out = global_avg_pool(s1) if self.glob_avg else jnp.transpose(s1, (0, 3, 1, 2))
         out = out.reshape(out.shape[0], -1)
         if self.fc_layers > 1:
-            out = nn.relu(nn.Dense(self.fc_dim, name='classifier.0')(out))
+            out = relu(nn.Dense(self.fc_dim, name='classifier.0')(out))
             for j in range(self.fc_layers - 2):
-                out = nn.relu(nn.Dense(self.fc_dim, name=f'classifier.{3 * (j + 1)}')(out))
+                out = relu(nn.Dense(self.fc_dim, name=f'classifier.{3 * (j + 1)}')(out))
             return nn.Dense(self.num_classes, name=f'classifier.{3 * (self.fc_layers - 1)}')(out)
         return nn.Dense(self.num_classes, name='classifier.0')(out)
 

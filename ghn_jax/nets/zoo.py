@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 
-from ghn_jax.nets.layers import BatchNorm, avg_pool, global_avg_pool, max_pool, torch_conv
+from ghn_jax.nets.layers import BatchNorm, avg_pool, global_avg_pool, max_pool, relu, torch_conv
 
 
 class BasicBlock(nn.Module):
@@ -21,9 +21,9 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        out = nn.relu(BatchNorm(self.planes, name='bn1')(torch_conv(self.planes, 3, self.stride, 1, name='conv1')(x)))
+        out = relu(BatchNorm(self.planes, name='bn1')(torch_conv(self.planes, 3, self.stride, 1, name='conv1')(x)))
         out = BatchNorm(self.planes, name='bn2')(torch_conv(self.planes, 3, 1, 1, name='conv2')(out))
-        return nn.relu(out + _shortcut(x, self.planes, self.stride))
+        return relu(out + _shortcut(x, self.planes, self.stride))
 
 
 class Bottleneck(nn.Module):
@@ -34,10 +34,10 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        out = nn.relu(BatchNorm(self.planes, name='bn1')(torch_conv(self.planes, 1, name='conv1')(x)))
-        out = nn.relu(BatchNorm(self.planes, name='bn2')(torch_conv(self.planes, 3, self.stride, 1, name='conv2')(out)))
+        out = relu(BatchNorm(self.planes, name='bn1')(torch_conv(self.planes, 1, name='conv1')(x)))
+        out = relu(BatchNorm(self.planes, name='bn2')(torch_conv(self.planes, 3, self.stride, 1, name='conv2')(out)))
         out = BatchNorm(4 * self.planes, name='bn3')(torch_conv(4 * self.planes, 1, name='conv3')(out))
-        return nn.relu(out + _shortcut(x, 4 * self.planes, self.stride))
+        return relu(out + _shortcut(x, 4 * self.planes, self.stride))
 
 
 def _shortcut(x, features, stride):
@@ -60,7 +60,7 @@ class ResNet(nn.Module):
             x = torch_conv(64, 3, 1, 1, name='conv1')(x)
         else:
             x = torch_conv(64, 7, 2, 3, name='conv1')(x)
-        x = nn.relu(BatchNorm(64, name='bn1')(x))
+        x = relu(BatchNorm(64, name='bn1')(x))
         if not self.cifar:
             x = max_pool(x, 3, 2, 1)
         for stage, (n_blocks, planes) in enumerate(zip(self.layers, (64, 128, 256, 512))):
@@ -92,7 +92,7 @@ class SmallCNN(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         for i, c in enumerate(self.channels):
             x = torch_conv(c, 3, 1, 1, name=f'features.{4 * i}')(x)
-            x = nn.relu(BatchNorm(c, name=f'features.{4 * i + 1}')(x))
+            x = relu(BatchNorm(c, name=f'features.{4 * i + 1}')(x))
             x = max_pool(x, 2, 2, 0)
         x = global_avg_pool(x).reshape(x.shape[0], -1)
         return nn.Dense(self.num_classes, name='classifier')(x)
@@ -131,7 +131,7 @@ class SequentialNet(nn.Module):
             elif kind == 'BatchNorm2d':
                 x = BatchNorm(spec['num_features'], name=name)(x)
             elif kind == 'ReLU':
-                x = nn.relu(x)
+                x = relu(x)
             elif kind == 'GELU':
                 x = nn.gelu(x, approximate=False)
             elif kind == 'Hardswish':

@@ -148,8 +148,10 @@ def plot(results: dict[str, Any], path: str) -> None:
     ses = [results['summary'][k]['se'] for k in names]
     fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.5))
     labels = [f"{n}\n(n={results['summary'][n]['n']})" for n in names]
-    ax.bar(labels, means, yerr=ses, capsize=4, color=['0.6' if n == 'random_init' else 'C0' if n == 'ghn' else 'C1'
-                                                      for n in names])
+    def colour(name: str):  # grey: random init; blue: the GHN (pale: earlier checkpoints, ghn_*); orange: SGD
+        base = '0.6' if name == 'random_init' else 'C0' if name.startswith('ghn') else 'C1'
+        return matplotlib.colors.to_rgba(base, 0.45 if name.startswith('ghn_') else 1.0)
+    ax.bar(labels, means, yerr=ses, capsize=4, color=[colour(n) for n in names])
     ax.set_ylabel('top-1 accuracy (%)')
     ax.set_title(f"{results['split']} architectures, accuracy mean ± s.e. over n nets")
     fig.savefig(path, dpi=120, bbox_inches='tight')
