@@ -117,9 +117,10 @@ class FastConv(nn.Conv):
             inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)  # (a no-op otherwise)
         padding = tuple(tuple(p) for p in self.padding)
         dilation = tuple(self.kernel_dilation or (1, 1))
-        if groups == 1 and not in_graph_trace():   # (a graph trace needs no custom gradient)
+        custom = not in_graph_trace()   # a graph trace needs no custom gradient, only the data flow
+        if groups == 1 and custom:
             y = conv2d(inputs, kernel, self.strides or 1, padding, dilation)
-        elif groups == self.features == channels and not in_graph_trace():
+        elif groups == self.features == channels and custom:
             y = depthwise_conv2d(inputs, kernel, self.strides or 1, padding, dilation)
         else:
             y = jax.lax.conv_general_dilated(inputs, kernel, tuple(self.strides or (1, 1)), padding,
