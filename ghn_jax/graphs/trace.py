@@ -64,6 +64,7 @@ _original_param = None            # flax's Scope.param, wrapped once by _install
 _original_register = None        # flax's Module._register_submodules, idem
 _PLAIN_TYPES = (type(None), bool, int, float, complex, str, type, np.dtype, types.FunctionType,
                 types.BuiltinFunctionType, functools.partial)
+_LEAF_TYPES = frozenset(t for t in _PLAIN_TYPES if t is not type)   # exact types, for a set lookup
 
 
 def _placeholder_spec(init_fn, init_args: tuple, init_kwargs: dict) -> jax.ShapeDtypeStruct | None:
@@ -104,12 +105,26 @@ def _plain(value) -> bool:
     return isinstance(value, _PLAIN_TYPES) and not isinstance(value, nn.Module)
 
 
+def _frozen_plain(value) -> bool:
+    """A plain value that Flax's freezing leaves as it is: a leaf of an exact plain type (or a class, such as
+    ``jnp.float32``), or a tuple of such values. Most module fields are one; checked by type, without recursion
+    into ``_freeze_attr``."""
+    t = type(value)
+    if t is tuple:
+        return all(_frozen_plain(v) for v in value)
+    return t in _LEAF_TYPES or isinstance(value, type)
+
+
 def _fast_register_submodules(self, name, value):
     """``nn.Module._register_submodules``, except inside :func:`trace_module`: a plain value is only frozen (lists
     to tuples, dicts to FrozenDicts, as Flax does) and set, without searching it for submodules to adopt."""
-    if in_graph_trace() and _plain(value):
-        object.__setattr__(self, name, flax_module._freeze_attr(value))
-        return
+    if in_graph_trace():
+        if _frozen_plain(value):
+            object.__setattr__(self, name, value)
+            return
+        if _plain(value):
+            object.__setattr__(self, name, flax_module._freeze_attr(value))
+            return
     _original_register(self, name, value)
 
 

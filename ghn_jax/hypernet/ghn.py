@@ -176,15 +176,16 @@ def assemble(out: dict[str, jax.Array], specs: list[ParamSpec], graph_index: int
 HOST_OUTPUTS = ('blocks', 'cls_blocks', 'gains', 'shifts', 'cls_bias')
 
 
-def assemble_host(out: dict[str, np.ndarray], specs: list[ParamSpec], graph_index: int, normalize: bool
-                  ) -> dict[tuple[str, ...], np.ndarray]:
+def assemble_host(out: dict[str, np.ndarray], specs: list[ParamSpec], graph_index: int, normalize: bool,
+                  arena: tiling.Arena | None = None) -> dict[tuple[str, ...], np.ndarray]:
     """:func:`assemble` on the host, in numpy: for prediction and meta-training (see :func:`assemble_host_vjp`).
 
     ``out`` holds the GHN outputs of :data:`HOST_OUTPUTS` as numpy arrays. Unlike :func:`assemble`, which runs one
     jitted function per (kind, shape) and so compiles ~35 functions for a ResNet-50 the first time, this compiles
     nothing; the tensors equal :func:`assemble`'s (indexing is exact, the normalisation agrees to float32 rounding).
+    All tensors are carved from one block, ``arena`` or a new ``tiling.Arena`` of ``specs``' shapes.
     """
-    alloc = tiling.Arena([s.shape for s in specs]).empty   # all tensors in one block (see Arena)
+    alloc = (arena or tiling.Arena([s.shape for s in specs])).empty
     return _assemble_with(out, specs, graph_index, normalize,
                           functools.partial(tiling.np_conv_kernel, alloc=alloc),
                           functools.partial(tiling.np_dense_kernel, alloc=alloc),

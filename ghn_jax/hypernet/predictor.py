@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ghn_jax.graphs.graph import ArchGraph, build_graph
-from ghn_jax.hypernet import checkpoint as ckpt
+from ghn_jax.hypernet import checkpoint as ckpt, tiling
 from ghn_jax.hypernet.batch import Budget, GHNBatch, auto_budget, pack
 from ghn_jax.hypernet.ghn import HOST_OUTPUTS, GHN, GHNConfig, assemble_host, param_specs, to_pytree
 from ghn_jax.hypernet.shape_encoder import ShapeIndexer
@@ -105,13 +105,14 @@ class GHN2:
         if not predict_class_layers:
             graphs = [self._encode_classifier_as_own(g) for g in graphs]
         batch, layouts = self.pack(graphs, budget)
-        out = apply_ghn(self.module, self.params, batch)
+        out = apply_ghn(self.module, self.params, batch)   # runs asynchronously: meanwhile, prepare the host side
+        specs = [param_specs(g, layout, predict_class_layers) for g, layout in zip(graphs, layouts)]
+        arenas = [tiling.Arena([s.shape for s in sp]).prefault() for sp in specs]
         host = {k: np.asarray(out[k]) for k in HOST_OUTPUTS}   # tensors are tiled on the host: nothing to compile
         embeddings = np.asarray(out['embeddings'])              # (indexing a jax array eagerly would compile)
         results = []
-        for b, (g, layout, (m, shape)) in enumerate(zip(graphs, layouts, models)):
-            specs = param_specs(g, layout, predict_class_layers)
-            flat = jax.device_put(assemble_host(host, specs, b, self.config.weight_norm))
+        for b, (g, (m, shape)) in enumerate(zip(graphs, models)):
+            flat = jax.device_put(assemble_host(host, specs[b], b, self.config.weight_norm, arenas[b]))
             if not predict_class_layers:
                 init = jax.jit(m.init)(rng if rng is not None else jax.random.key(0), jnp.zeros(shape or (1, 32, 32, 3)))
                 init_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(init['params']))

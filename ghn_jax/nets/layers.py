@@ -51,9 +51,9 @@ def in_graph_trace() -> bool:
 
 
 def relu(x: jax.Array) -> jax.Array:
-    """``nn.relu``; inside :func:`graph_trace_mode` a plain ``max`` (``nn.relu`` is a jitted custom-JVP function,
-    whose staging costs ~0.3 ms a call: about a fifth of the time to trace a ResNet-50 into its graph)."""
-    return lax.max(x, np.zeros((), x.dtype)) if in_graph_trace() else nn.relu(x)
+    """``nn.relu``; inside :func:`graph_trace_mode` the identity (ReLU is no graph node, and ``nn.relu`` is a jitted
+    custom-JVP function whose staging took about a fifth of the time to trace a ResNet-50 into its graph)."""
+    return x if in_graph_trace() else nn.relu(x)
 
 
 class BatchNorm(nn.Module):
@@ -70,8 +70,8 @@ class BatchNorm(nn.Module):
         scale = self.param('scale', nn.initializers.ones, (self.features,))
         bias = self.param('bias', nn.initializers.zeros, (self.features,))
         channel = (x.ndim - 1,)
-        if in_graph_trace():  # same inputs, parameters and output shape; no statistics
-            return lax.add(x, lax.broadcast_in_dim(lax.add(scale, bias), x.shape, channel))
+        if in_graph_trace():  # one op on x inside this layer is all the graph needs (its params are declared above)
+            return lax.neg(x)
         # Plain lax primitives: with jnp's jitted reductions and operator overloads this layer took ~30% of the time
         # to trace ResNet-50 into its graph (about 15% of the build is saved); the arithmetic is the same.
         axes = tuple(range(x.ndim - 1))
@@ -126,7 +126,7 @@ class FastConv(nn.Conv):
             y = jax.lax.conv_general_dilated(inputs, kernel, tuple(self.strides or (1, 1)), padding,
                                              rhs_dilation=dilation, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                              feature_group_count=groups, precision=self.precision)
-        return y if bias is None else y + bias
+        return y if bias is None or not custom else y + bias
 
 
 def torch_conv(features: int, kernel: int | Sequence[int], stride: int | Sequence[int] = 1,
