@@ -129,8 +129,8 @@ class Arena:
 
     def prefault(self) -> 'Arena':
         """Touch every page now (one byte per 4 KiB), so that the kernel maps the block here rather than while the
-        tensors are written: prediction does it while the GHN forward runs asynchronously (~10 ms of a ResNet-50's
-        prediction overlapped)."""
+        tensors are written: prediction does it in a helper thread while the GHN is compiled or runs (numpy releases
+        the GIL for the write)."""
         self.buffer[::4096] = 0
         return self
 
