@@ -22,6 +22,7 @@ Usage: python benchmarks/reference_side_by_side.py --ppuda /path/to/ppuda [--rou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -47,8 +48,9 @@ def _import_reference(ppuda_dir: str):
         models.vision_transformer, tv.models = vit, models
         sys.modules.update({'torchvision': tv, 'torchvision.models': models,
                             'torchvision.models.vision_transformer': vit})
-    from ppuda.deepnets1m.graph import Graph
-    from ppuda.ghn.nn import GHN
+    with contextlib.redirect_stdout(sys.stderr):   # its import prints a torchvision version note; stdout is JSON
+        from ppuda.deepnets1m.graph import Graph
+        from ppuda.ghn.nn import GHN
     return Graph, GHN
 
 

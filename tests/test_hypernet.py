@@ -255,6 +255,29 @@ def test_host_assembly_equals_jitted_assembly(golden_ghn):
     assert {'conv', 'dense', 'classifier', 'pos_enc', 'gain', 'shift', 'bias', 'classifier_bias'} <= kinds
 
 
+def test_prediction_memory_is_reused_only_once_nothing_refers_to_it(golden_ghn):
+    """GHN2 hands the output block of an earlier prediction out again (no page faults) only when every tensor of
+    that prediction has been dropped: held predictions are never overwritten."""
+    module, shape = nets.SmallCNN((8, 16), 10), (1, 16, 16, 3)
+    leaves = lambda p: jax.tree_util.tree_leaves(p)  # noqa: E731
+    block = lambda p: min(x.unsafe_buffer_pointer() for x in leaves(p))  # noqa: E731
+    first = golden_ghn.predict(module, shape)
+    kept = [np.array(x) for x in leaves(first)]
+    second = golden_ghn.predict(module, shape)      # `first` is alive: a new block
+    assert block(second) != block(first)
+    first_block = block(first)
+    del first
+    third = golden_ghn.predict(module, shape)       # `first` dropped: its block is taken again
+    assert block(third) == first_block
+    for a, b, c in zip(kept, leaves(second), leaves(third)):
+        np.testing.assert_array_equal(np.asarray(b), a)   # `second` untouched by the third prediction
+        np.testing.assert_array_equal(np.asarray(c), a)
+    view = np.asarray(leaves(third)[0])             # a numpy view keeps the block taken, too
+    del third
+    assert block(golden_ghn.predict(module, shape)) not in (first_block, block(second))
+    del view
+
+
 def test_prediction_compiles_nothing_but_the_ghn(golden_ghn, caplog):
     """Once a budget is compiled, predicting for new architectures that fit it compiles nothing at all
     (no per-shape tiling functions, no eager array conversions)."""

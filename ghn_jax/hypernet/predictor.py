@@ -45,6 +45,7 @@ class GHN2:
         self.indexer = ShapeIndexer(config.num_classes, config.max_spatial)
         # device_put, not jnp.asarray: in this jax version jnp.asarray of a numpy array compiles a copy per shape.
         self.params = jax.device_put(params)
+        self._blocks = tiling.BlockPool()   # output memory of earlier predictions, reused once they are dropped
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -109,7 +110,7 @@ class GHN2:
         specs = [param_specs(g, layout, predict_class_layers) for g, layout in zip(graphs, layouts)]
         # The output memory is paged in by a helper thread while the GHN is traced/compiled (first call of a budget:
         # ~0.3 s of page faults hidden) or runs (asynchronously: ~10 ms hidden).
-        arenas = [tiling.Arena([s.shape for s in sp]) for sp in specs]
+        arenas = [tiling.Arena([s.shape for s in sp], pool=self._blocks) for sp in specs]
         prefault = threading.Thread(target=lambda: [a.prefault() for a in arenas], daemon=True)
         prefault.start()
         out = apply_ghn(self.module, self.params, batch)
