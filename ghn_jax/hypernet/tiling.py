@@ -131,15 +131,17 @@ class BlockPool:
         self.keep = keep
         self._owners: list[np.ndarray] = []   # the allocations (aligned views are carved from them)
         self._lock = threading.Lock()
+        # The reference count of an array held only by a list, as _refcounts sees it (interpreters differ in how
+        # they count loop variables, so it is measured, not assumed).
+        self._free_count = _refcounts([np.empty(0, np.uint8)])[0]
 
     def take(self, nbytes: int) -> np.ndarray:
         """A 64-byte aligned uint8 block of ``nbytes``: a free tracked one if large enough, else a new one."""
         with self._lock:
             for attempt in range(2):
-                for owner in self._owners:
+                for owner, refs in zip(self._owners, _refcounts(self._owners)):
                     offset = -owner.ctypes.data % _ALIGN
-                    # references: the list, the loop variable and getrefcount's argument: no view of it is alive.
-                    if owner.nbytes - offset >= nbytes and sys.getrefcount(owner) == 3:
+                    if refs == self._free_count and owner.nbytes - offset >= nbytes:   # no view of it is alive
                         return owner[offset:offset + nbytes]   # this view marks it taken before the lock is released
                 if attempt == 0 and self._owners:
                     # jax releases the host arrays of deleted CPU buffers from a garbage-collection callback: a
@@ -149,6 +151,10 @@ class BlockPool:
             self._owners.append(block.base)
             del self._owners[:-self.keep]
             return block
+
+
+def _refcounts(arrays: list[np.ndarray]) -> list[int]:
+    return [sys.getrefcount(a) for a in arrays]
 
 
 class Arena:

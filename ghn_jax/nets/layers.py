@@ -126,7 +126,9 @@ class FastConv(nn.Conv):
             y = jax.lax.conv_general_dilated(inputs, kernel, tuple(self.strides or (1, 1)), padding,
                                              rhs_dilation=dilation, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                              feature_group_count=groups, precision=self.precision)
-        return y if bias is None or not custom else y + bias
+        if bias is None or not custom:   # a graph trace needs no bias add either
+            return y
+        return y + bias
 
 
 def torch_conv(features: int, kernel: int | Sequence[int], stride: int | Sequence[int] = 1,
