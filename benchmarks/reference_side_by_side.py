@@ -25,14 +25,13 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 import types
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GOLDEN = os.environ.get('GHN_GOLDEN', os.path.join(os.path.dirname(ROOT), 'shared', 'golden', 'ghn2'))
+from graph_build import summary          # benchmarks/ is on the path when this file runs as a script
+from predict import _FRESH, CKPT, ROOT
 
 
 def _import_reference(ppuda_dir: str):
@@ -118,8 +117,6 @@ ghn(bench.torch_resnet50_cifar())
 def fresh_processes(ppuda_dir: str, runs: int) -> dict:
     """Wall clock of ``runs`` fresh processes of each implementation, alternating."""
     here = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, here)
-    from predict import _FRESH, CKPT
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
     argv = {'reference': [sys.executable, '-c', _REFERENCE_FRESH, here, ppuda_dir],
             'ghn_jax': [sys.executable, '-c', _FRESH, CKPT, '']}
@@ -127,10 +124,6 @@ def fresh_processes(ppuda_dir: str, runs: int) -> dict:
     def spawn(name):
         return lambda: subprocess.run(argv[name], capture_output=True, text=True, env=env, check=True)
     return alternate({name: spawn(name) for name in argv}, runs)
-
-
-def _summary(values: list[float]) -> dict:
-    return {'median_s': statistics.median(values), 'min_s': min(values), 'max_s': max(values), 'n': len(values)}
 
 
 def alternate(fns: dict, rounds: int) -> dict:
@@ -142,7 +135,7 @@ def alternate(fns: dict, rounds: int) -> dict:
             t = time.perf_counter()
             fns[name]()
             times[name].append(time.perf_counter() - t)
-    return {name: _summary(v) for name, v in times.items()}
+    return {name: summary(v) for name, v in times.items()}
 
 
 def main(argv=None) -> dict:
@@ -177,7 +170,7 @@ def main(argv=None) -> dict:
     if not args.no_predict:
         ref_ghn = GHN(max_shape=(64, 64, 11, 11), num_classes=10, hid=32, ve=True, layernorm=True,
                       weight_norm=True).eval()
-        ghn = GHN2.from_checkpoint(os.path.join(GOLDEN, 'ghn2_cifar10_random.npz'))
+        ghn = GHN2.from_checkpoint(CKPT)
 
         def ref_predict():   # no torch.no_grad(): the reference builds its graph from the autograd graph
             ref_ghn(torch_net)
