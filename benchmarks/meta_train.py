@@ -9,7 +9,10 @@ what building took. Per step it also reports the GHN forward, the target nets (f
 backward and the optimiser; for the warm pass also a forward-only run of the nets, which splits target time into
 forward and backward.
 
-    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1048576 python benchmarks/meta_train.py [--steps 2-13]
+    python benchmarks/meta_train.py [--steps 2-13]
+
+It restarts itself under tcmalloc when that is installed (``GHN_JAX_TCMALLOC=0`` keeps the default allocator; see
+``ghn_jax.host_memory``) and, as training does, frees jax's lowering caches after every step.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ghn_jax import host_memory
 from ghn_jax.graphs.graph import build_graph
 from ghn_jax.hypernet.ghn import GHN, GHNConfig
 from ghn_jax.hypernet.predictor import init_params
@@ -58,6 +62,7 @@ def main() -> None:
     parser.add_argument('--backend', default='per_op', choices=targets.BACKENDS,
                         help='target-net execution (per_op_remat: recompute each op in the backward pass)')
     args = parser.parse_args()
+    host_memory.use_tcmalloc()
     lo, hi = (int(s) for s in args.steps.split('-'))
     targets.set_backend(args.backend)
     with open(args.bench) as f:
@@ -85,10 +90,15 @@ def main() -> None:
         t2 = time.perf_counter()
         state['params'], state['opt_state'], _, _ = meta_train.apply_update(
             optimizer, state['params'], state['opt_state'], res.grads)
+        seconds, loss = res.seconds, res.loss
         jax.block_until_ready(state['params'])
         t3 = time.perf_counter()
-        row = {'step': step, 'graphs': wait, 'graphs_build': build, **res.seconds, 'optimizer': t3 - t2,
-               'total': wait + t3 - t1, 'loss': res.loss, 'new_op_signatures': executor.STATS.traces - traces}
+        del res
+        host_memory.release()   # as training does after every step
+        t4 = time.perf_counter()
+        row = {'step': step, 'graphs': wait, 'graphs_build': build, **seconds, 'optimizer': t3 - t2,
+               'release': t4 - t3, 'total': wait + t4 - t1, 'loss': loss,
+               'new_op_signatures': executor.STATS.traces - traces}
         print(f"step {step}: {row['total']:.1f} s", file=sys.stderr, flush=True)
         return row
 
@@ -123,7 +133,7 @@ def main() -> None:
     def med(rows, key):
         return statistics.median(r[key] for r in rows)
 
-    keys = ('total', 'graphs', 'graphs_build', 'ghn_forward', 'nets', 'ghn_backward', 'optimizer')
+    keys = ('total', 'graphs', 'graphs_build', 'ghn_forward', 'nets', 'ghn_backward', 'optimizer', 'release')
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     fwd = med(warm, 'nets_forward_only')
     print(json.dumps({
@@ -138,6 +148,7 @@ def main() -> None:
         'reference': {'median_step_s': 6.34, 'peak_rss_gb': 7.3},
         'met': {'warm_step': med(warm, 'total') <= 4.0, 'cold_step': med(cold, 'total') <= 4.0,
                 'peak_rss': peak_gb <= 3.5},
+        'allocator': host_memory.allocator_name(),
         'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
         'loadavg': os.getloadavg(),
         'per_step': {'cold': cold, 'warm': warm},
