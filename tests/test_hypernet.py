@@ -98,6 +98,22 @@ def test_over_budget_graph_raises_clear_error(golden_ghn):
     assert params['classifier']['kernel'].shape == (8, 10)
 
 
+def test_sweep_steps_budget(golden_ghn):
+    """Sweeps budgeted to the graphs' schedule rows (auto) give the embeddings of full-length sweeps; too few steps
+    is a clear error; the node and position ladder pads by at most 50%."""
+    from ghn_jax.hypernet.batch import auto_budget, budget_ladder
+    graphs = [ArchGraph.from_reference_json(golden_json(a, 'graph.json')) for a in GOLDEN_ARCHS[1:4]]
+    auto = auto_budget(graphs, golden_ghn.config.max_spatial)
+    assert auto.steps is not None and auto.steps < auto.nodes
+    full = Budget(nodes=auto.nodes, positions=auto.positions, graphs=auto.graphs)   # steps=None: N steps
+    out_auto = apply_ghn(golden_ghn.module, golden_ghn.params, golden_ghn.pack(graphs, auto)[0])
+    out_full = apply_ghn(golden_ghn.module, golden_ghn.params, golden_ghn.pack(graphs, full)[0])
+    np.testing.assert_allclose(out_auto['embeddings'], out_full['embeddings'], atol=1e-6)
+    with pytest.raises(BudgetExceededError, match='GNN sweep'):
+        golden_ghn.pack(graphs, Budget(nodes=auto.nodes, positions=auto.positions, graphs=3, steps=8))
+    assert [budget_ladder(v, 64) for v in (10, 65, 97, 129, 193, 257, 385)] == [64, 96, 128, 192, 256, 384, 512]
+
+
 def test_meta_batch_prediction_equals_single_predictions(golden_ghn):
     archs = _random_archs(3, seed=1)
     many = golden_ghn.predict_many([(m, (1, 32, 32, 3)) for m in archs])

@@ -68,9 +68,10 @@ def test_depthwise_conv(k, stride, dilation, size):
            lambda x, w: _lax_depthwise(x, w, stride, padding, dilation), x, w)
 
 
-@pytest.mark.parametrize('kernel,stride,dilation,size', [((3, 3), 1, 1, 8), ((1, 1), 2, 1, 7), ((7, 1), 1, 1, 8),
-                                                         ((5, 5), 2, 2, 9), ((3, 3), 2, 1, 6)])
+@pytest.mark.parametrize('kernel,stride,dilation,size', [((3, 3), 1, 1, 8), ((1, 1), 2, 1, 7), ((1, 1), 1, 1, 8),
+                                                         ((7, 1), 1, 1, 8), ((5, 5), 2, 2, 9), ((3, 3), 2, 1, 6)])
 def test_dense_conv(kernel, stride, dilation, size):
+    """Including 1x1 convs, which are computed as one matmul (stride 2: of the strided input)."""
     x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
     w = jax.random.normal(jax.random.key(1), kernel + (3, 5))
     padding = tuple((dilation * (k - 1) // 2,) * 2 for k in kernel)

@@ -20,14 +20,17 @@ WEIGHT_PRIMITIVES = ('conv', 'sep_conv', 'dil_conv', 'pos_enc')
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """Static sizes of a packed batch: graphs, nodes per graph, decoded positions in total, schedule width."""
+    """Static sizes of a packed batch: graphs, nodes per graph, decoded positions in total, schedule width, and
+    ``steps``, the length of each GNN sweep (schedule rows; None: ``nodes``, which always suffices)."""
     nodes: int
     positions: int
     graphs: int = 1
     width: int = 8
+    steps: int | None = None
 
     def __str__(self) -> str:
-        return f'Budget(graphs={self.graphs}, nodes={self.nodes}, positions={self.positions})'
+        steps = '' if self.steps is None else f', steps={self.steps}'
+        return f'Budget(graphs={self.graphs}, nodes={self.nodes}, positions={self.positions}{steps})'
 
 
 class BudgetExceededError(ValueError):
@@ -66,6 +69,12 @@ def levels(n: int, edges: np.ndarray, reverse: bool = False) -> np.ndarray:
     return depth
 
 
+def schedule_rows(n: int, edges: np.ndarray, reverse: bool, width: int) -> int:
+    """Number of rows of :func:`schedule`: one per level, wide levels split into rows of ``width`` nodes."""
+    counts = np.bincount(levels(n, edges, reverse), minlength=1) if n else np.zeros(0, np.int64)
+    return int(np.sum(-(-counts // width)))
+
+
 def schedule(n: int, edges: np.ndarray, reverse: bool, steps: int, width: int, pad: int) -> np.ndarray:
     """Level-synchronous update order as a (steps, width) table; wide levels are split over several steps."""
     lv = levels(n, edges, reverse)
@@ -75,7 +84,8 @@ def schedule(n: int, edges: np.ndarray, reverse: bool, steps: int, width: int, p
         for k in range(0, len(nodes), width):
             rows.append(nodes[k:k + width])
     if len(rows) > steps:
-        raise BudgetExceededError(f'schedule needs {len(rows)} steps, budget has {steps}')
+        raise BudgetExceededError(f'a GNN sweep of this graph needs {len(rows)} steps but the budget allows {steps}; '
+                                  f'use Budget(steps={len(rows)}, ...) or more, or steps=None')
     table = np.full((steps, width), pad, np.int32)
     for t, r in enumerate(rows):
         table[t, :len(r)] = r
@@ -103,24 +113,46 @@ def required_budget(graphs: list[ArchGraph], max_spatial: int, width: int = 8) -
     return nodes, positions
 
 
+#: GNN sweeps are budgeted in multiples of this many steps (a longer sweep runs idle steps on padding).
+STEP_QUANTUM = 64
+
+
+def budget_ladder(value: int, lowest: int) -> int:
+    """Smallest of 2^k and 3 * 2^(k-1) (..., 256, 384, 512, 768, ...) that is >= ``value`` and ``lowest``: at most
+    50% padding (a plain power of two wastes up to 100%), still few distinct sizes and so few compiles."""
+    size = max(lowest, 1)
+    while size < value:
+        size = size * 3 // 2 if size & (size - 1) == 0 and size >= 2 else 1 << size.bit_length()
+    return size
+
+
 def auto_budget(graphs: list[ArchGraph], max_spatial: int, width: int = 8) -> Budget:
-    """Smallest budget of the power-of-two ladder that fits ``graphs`` (so similar graphs share a compile)."""
+    """Smallest budget that fits ``graphs`` (so similar graphs share a compile): nodes and positions from
+    :func:`budget_ladder`, GNN sweeps in multiples of :data:`STEP_QUANTUM` steps (at most the node budget).
+
+    Sweeps run one step per schedule row, and DeepNets-1M graphs have about half as many levels as nodes, so
+    budgeting steps separately halves the GNN's sequential work on average.
+    """
     nodes, positions = required_budget(graphs, max_spatial, width)
-    up = lambda v, lo: max(lo, 1 << math.ceil(math.log2(max(v, 1))))
-    return Budget(nodes=up(nodes, 64), positions=up(positions, 256), graphs=len(graphs), width=width)
+    node_budget = budget_ladder(nodes, 64)
+    rows = max(schedule_rows(g.n_nodes, g.real_edges, reverse, width) for g in graphs for reverse in (False, True))
+    steps = min(node_budget, STEP_QUANTUM * max(1, math.ceil(rows / STEP_QUANTUM)))
+    return Budget(nodes=node_budget, positions=budget_ladder(positions, 256), graphs=len(graphs), width=width,
+                  steps=steps)
 
 
 def pack(graphs: list[ArchGraph], budget: Budget, indexer: ShapeIndexer, max_spatial: int
          ) -> tuple[GHNBatch, list[Layout]]:
     """Pack ``graphs`` into a :class:`GHNBatch` of exactly ``budget``'s sizes; raise if they do not fit."""
     B, N, P, W = budget.graphs, budget.nodes, budget.positions, budget.width
+    T = budget.steps or N
     if len(graphs) > B:
         raise BudgetExceededError(f'{len(graphs)} graphs do not fit a budget of {B} graphs')
     primitive = np.zeros((B, N), np.int32)
     shape_ind = np.tile(np.asarray(indexer(None), np.int32), (B, N, 1))
     adj = np.zeros((B, N, N), np.int32)
-    fwd = np.full((B, N, W), N, np.int32)
-    bwd = np.full((B, N, W), N, np.int32)
+    fwd = np.full((B, T, W), N, np.int32)
+    bwd = np.full((B, T, W), N, np.int32)
     mask = np.zeros((B, N), bool)
     pos_node = np.zeros(P, np.int32)
     pos_yx = np.zeros((P, 2), np.int32)
@@ -136,8 +168,8 @@ def pack(graphs: list[ArchGraph], budget: Budget, indexer: ShapeIndexer, max_spa
         shape_ind[b, :n] = indexer.indices([nd.shape for nd in g.nodes])
         adj[b, g.edges[:, 0], g.edges[:, 1]] = g.edges[:, 2]
         real = g.real_edges
-        fwd[b] = schedule(n, real, False, N, W, N)
-        bwd[b] = schedule(n, real, True, N, W, N)
+        fwd[b] = schedule(n, real, False, T, W, N)
+        bwd[b] = schedule(n, real, True, T, W, N)
         mask[b, :n] = True
         positions = decode_positions(g, max_spatial)
         if p + len(positions) > P:

@@ -252,7 +252,22 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int | Sequence[int] = 1, padding=
     """
     if w.ndim != 4 or w.shape[2] != x.shape[3]:
         raise ValueError(f'conv kernel must be (kh, kw, C_in={x.shape[3]}, C_out), got {w.shape}')
-    return _conv_call(x, w, _pair(stride), _padding(padding), _pair(dilation))
+    stride, padding = _pair(stride), _padding(padding)
+    if w.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
+        return _pointwise_call(x, w, stride)
+    return _conv_call(x, w, stride, padding, _pair(dilation))
+
+
+def _pointwise(x: jax.Array, w: jax.Array, stride: Pair) -> jax.Array:
+    """A 1x1 conv as one (N*H*W x C_in) @ (C_in x C_out) matmul: on XLA:CPU ~2x faster forward and backward than
+    the convolution (whose gradients are matmuls here too, from plain autodiff of ``dot_general``)."""
+    if stride != (1, 1):
+        x = x[:, ::stride[0], ::stride[1]]
+    n, h, wd, c = x.shape
+    return (x.reshape(n * h * wd, c) @ w.reshape(c, w.shape[3])).reshape(n, h, wd, w.shape[3])
+
+
+_pointwise_call = jax.jit(_pointwise, static_argnums=2)
 
 
 # -- max pool ----------------------------------------------------------------------------------------------------
