@@ -245,8 +245,10 @@ class Cell(nn.Module):
         alive = [states[i] for i in concat if states[i] is not None]
         if not alive:
             return None
-        zeros = alive[0] * 0.0  # states cut by `none` ops enter the concat as zeros, as in the reference
-        return jnp.concatenate([zeros if states[i] is None else states[i] for i in concat], axis=-1)
+        if len(alive) < len(concat):   # states cut by `none` ops enter the concat as zeros, as in the reference
+            zeros = alive[0] * 0.0
+            alive = [zeros if states[i] is None else states[i] for i in concat]
+        return jnp.concatenate(alive, axis=-1)
 
 
 class Network(nn.Module):

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from ghn_jax import host_memory
 from ghn_jax.hypernet.predictor import GHN2
 from ghn_jax.nets import from_arch_json
 from ghn_jax.train.targets import net_logits
@@ -79,6 +80,7 @@ def evaluate_nets(ghn: GHN2 | None, config: ml_collections.ConfigDict, nets: lis
                 trained, _ = finetune.train_classifier(module, init, images.train, cfg, step_fn=step_fn)
                 row[f'sgd_{steps}'] = accuracy_of(module, trained, x_eval, y_eval, config.eval_batch_size)
         rows.append(row)
+        host_memory.release()   # the lowering caches of this net's new op signatures
     return rows
 
 

@@ -374,6 +374,7 @@ def evaluate_on_archs(ghn: GHN2, config: ml_collections.ConfigDict, images: Imag
     for i in range(config.eval_archs):
         module, shape = from_arch_json(arch_description(config, split, i))
         accs.append(accuracy_of(module, ghn.predict(module, shape), x, y, config.eval_batch_size))
+        host_memory.release()
     accs = np.asarray(accs) * 100
     return {f'eval_{split}_acc_mean': float(accs.mean()),
             f'eval_{split}_acc_se': float(accs.std(ddof=1) / np.sqrt(len(accs))) if len(accs) > 1 else 0.0}
