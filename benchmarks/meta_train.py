@@ -106,7 +106,7 @@ def main() -> None:
 
     def run(step: int, modules, graphs, wait: float, build: float) -> dict[str, float]:
         traces = executor.STATS.traces
-        t1 = time.perf_counter()
+        c1, t1 = time.process_time(), time.perf_counter()
         res = meta_train.meta_step_grads(ghn, state['params'], graphs, modules, x, y)
         t2 = time.perf_counter()
         state['params'], state['opt_state'], _, _ = meta_train.apply_update(
@@ -118,7 +118,7 @@ def main() -> None:
         host_memory.release()   # as training does after every step
         t4 = time.perf_counter()
         row = {'step': step, 'graphs': wait, 'graphs_build': build, **seconds, 'optimizer': t3 - t2,
-               'release': t4 - t3, 'total': wait + t4 - t1, 'loss': loss,
+               'release': t4 - t3, 'total': wait + t4 - t1, 'cpu': time.process_time() - c1, 'loss': loss,
                'new_op_signatures': executor.STATS.traces - traces}
         print(f"step {step}: {row['total']:.1f} s", file=sys.stderr, flush=True)
         return row
@@ -157,7 +157,7 @@ def main() -> None:
     def med(rows, key):
         return statistics.median(r[key] for r in rows)
 
-    keys = ('total', 'graphs', 'graphs_build', 'ghn_forward', 'nets', 'ghn_backward', 'optimizer', 'release')
+    keys = ('total', 'cpu', 'graphs', 'graphs_build', 'ghn_forward', 'nets', 'ghn_backward', 'optimizer', 'release')
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     fwd = med(warm, 'nets_forward_only')
     print(json.dumps({

@@ -79,6 +79,25 @@ def test_dense_conv(kernel, stride, dilation, size):
            lambda x, w: _lax_conv(x, w, stride, padding, dilation), x, w)
 
 
+def test_filter_gradients_over_batch_chunks(monkeypatch):
+    """Filter gradients summed over batch chunks (the CPU path for large maps) equal the lax ones; 6 images in
+    chunks of at most 4 come as two chunks of 3."""
+    chunk_sizes = []
+    whole_batch = kernels._sum_over_batch_chunks
+
+    def small_chunks(fn, x, g, **_):
+        record = lambda a, b: chunk_sizes.append(a.shape[0]) or fn(a, b)  # noqa: E731
+        return whole_batch(record, x, g, chunk_bytes=4 * x[0].size * x.dtype.itemsize, min_bytes=0)
+
+    monkeypatch.setattr(kernels, '_sum_over_batch_chunks', small_chunks)
+    x = jax.random.normal(jax.random.key(0), (6, 9, 10, 3))   # shapes no other test compiles the kernels for
+    _check(lambda x, w: conv2d(x, w, 1, 1), lambda x, w: _lax_conv(x, w, 1, ((1, 1), (1, 1)), 1),
+           x, jax.random.normal(jax.random.key(1), (3, 3, 3, 4)))
+    _check(lambda x, w: depthwise_conv2d(x, w, 2, 2, 2), lambda x, w: _lax_depthwise(x, w, 2, 2, 2),
+           x, jax.random.normal(jax.random.key(2), (3, 3, 1, 3)))
+    assert chunk_sizes and set(chunk_sizes) == {3}
+
+
 @pytest.mark.parametrize('k,stride,padding,size', [(3, 1, 1, 8), (3, 2, 1, 7), (2, 2, 0, 6), (5, 2, 2, 9)])
 def test_pools(k, stride, padding, size):
     x = jax.random.normal(jax.random.key(2), (2, size, size + 1, 3))

@@ -141,6 +141,28 @@ def _full_correlation(g: jax.Array, taps: dict[Pair, jax.Array | None], in_hw: P
     return dx
 
 
+def _sum_over_batch_chunks(fn, x: jax.Array, g: jax.Array, chunk_bytes: int = 1 << 20, min_bytes: int = 0
+                           ) -> jax.Array:
+    """``fn(x, g)`` for a filter gradient that sums over the batch, computed as a sum over batch chunks of about
+    ``chunk_bytes`` of ``x`` (a ``lax.scan``), on CPU only.
+
+    A filter gradient reads the input and the cotangent once per kernel tap; over a whole batch of 32x32 maps
+    (8 MB and more) every pass goes to memory, over a chunk of ~1 MB they stay in the core's cache. Accelerators
+    (and maps under ``min_bytes``) take the whole batch at once.
+    """
+    n = x.shape[0]
+    image_bytes = max(1, x.size // n * x.dtype.itemsize)
+    chunk = max(1, min(n, chunk_bytes // image_bytes))
+    while n % chunk:
+        chunk -= 1
+    if chunk == n or x.size * x.dtype.itemsize < min_bytes or jax.default_backend() != 'cpu':
+        return fn(x, g)
+    split = lambda a: a.reshape((n // chunk, chunk) + a.shape[1:])  # noqa: E731
+    total = jax.eval_shape(fn, split(x)[0], split(g)[0])
+    return lax.scan(lambda acc, xg: (acc + fn(*xg), None), jnp.zeros(total.shape, total.dtype),
+                    (split(x), split(g)))[0]
+
+
 def _bilinear_kernel(apply, grad_x, grad_w):
     """``apply(x, w, stride, padding, dilation)``, a map linear in x and in w (a convolution), as one jitted call
     whose JVP differentiates it with the hand-written gradients.
@@ -191,10 +213,13 @@ def _dw_grad_x(w: jax.Array, g: jax.Array, in_hw: Pair, stride: Pair, padding: P
 
 def _dw_grad_w(x: jax.Array, g: jax.Array, kernel: Pair, stride: Pair, padding: Padding,
                dilation: Pair) -> jax.Array:
-    """dw[i, j, 0, c] = sum_{n, h, w} tap_ij(pad(x)) * g: k^2 per-channel reductions."""
-    sums = [jnp.sum(tap * g, axis=(0, 1, 2))
-            for _, tap in _taps(_pad_hw(x, padding), kernel, stride, dilation, g.shape[1:3])]
-    return jnp.stack(sums).reshape(kernel[0], kernel[1], 1, x.shape[3])
+    """dw[i, j, 0, c] = sum_{n, h, w} tap_ij(pad(x)) * g: k^2 per-channel reductions (in cache-sized batch chunks
+    for maps of 6 MB and more: ~1.5x faster on XLA:CPU at 32x32)."""
+    def reductions(x, g):
+        sums = [jnp.sum(tap * g, axis=(0, 1, 2))
+                for _, tap in _taps(_pad_hw(x, padding), kernel, stride, dilation, g.shape[1:3])]
+        return jnp.stack(sums).reshape(kernel[0], kernel[1], 1, x.shape[3])
+    return _sum_over_batch_chunks(reductions, x, g, min_bytes=6 << 20)
 
 
 _depthwise_call = _bilinear_kernel(_dw_apply, _dw_grad_x, _dw_grad_w)
@@ -232,11 +257,14 @@ def _conv_grad_x(w: jax.Array, g: jax.Array, in_hw: Pair, stride: Pair, padding:
 
 def _conv_grad_w(x: jax.Array, g: jax.Array, kernel: Pair, stride: Pair, padding: Padding,
                  dilation: Pair) -> jax.Array:
-    """dw[i, j] = tap_ij(pad(x))^T g summed over (n, h, w): one (C_in x C_out) matmul per kernel tap."""
-    g2 = g.reshape(-1, g.shape[3])  # plain 2-D matmuls: ~25% faster on XLA:CPU than the 4-D einsum
-    per_tap = [tap.reshape(-1, x.shape[3]).T @ g2
-               for _, tap in _taps(_pad_hw(x, padding), kernel, stride, dilation, g.shape[1:3])]
-    return jnp.stack(per_tap).reshape(tuple(kernel) + (x.shape[3], g.shape[3]))
+    """dw[i, j] = tap_ij(pad(x))^T g summed over (n, h, w): one (C_in x C_out) matmul per kernel tap, in cache-sized
+    batch chunks (1.2-2x faster on XLA:CPU than the whole batch at once)."""
+    def per_tap_matmuls(x, g):
+        g2 = g.reshape(-1, g.shape[3])  # plain 2-D matmuls: ~25% faster on XLA:CPU than the 4-D einsum
+        per_tap = [tap.reshape(-1, x.shape[3]).T @ g2
+                   for _, tap in _taps(_pad_hw(x, padding), kernel, stride, dilation, g.shape[1:3])]
+        return jnp.stack(per_tap).reshape(tuple(kernel) + (x.shape[3], g.shape[3]))
+    return _sum_over_batch_chunks(per_tap_matmuls, x, g)
 
 
 _conv_call = _bilinear_kernel(_conv_apply, _conv_grad_x, _conv_grad_w)
