@@ -17,6 +17,7 @@ Backward passes:
 * dense conv, w.r.t. x: XLA's own transpose; w.r.t. w: one (C_in x C_out) matmul per kernel tap;
 * depthwise conv, w.r.t. x: a "full" correlation of the stride-dilated cotangent with the flipped kernel (one pad
   and k^2 shifted slices); w.r.t. w: k^2 per-channel reductions;
+* both filter gradients are summed over cache-sized batch chunks on CPU (:func:`_sum_over_batch_chunks`);
 * max-pool: the index of the first maximum of every window (the tie-break of ``lax.reduce_window`` and torch) is
   kept from the forward pass; the cotangent is scattered back with k^2 padded slices;
 * avg-pool: the cotangent divided by the window counts goes through the same full correlation (with ones);
