@@ -22,8 +22,11 @@ import statistics
 import sys
 import time
 
-from meta_train import BENCH                      # benchmarks/ is on the path when this file runs as a script
-from reference_side_by_side import _import_reference
+from reference_side_by_side import _import_reference   # benchmarks/ is on the path when this file runs as a script
+
+# The replayed meta-batches of benchmarks/meta_train.py (not imported from there: that would load jax and ghn_jax into
+# this process and add their ~0.2 GB to the reference's peak RSS).
+BENCH = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'bench', 'deepnets_train_metabatches.json')
 
 
 def build_nets(step_nets: list[dict], Network, Genotype, Graph, GraphBatch):
