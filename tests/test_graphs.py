@@ -176,6 +176,67 @@ def test_fast_parameter_placeholders_give_the_same_graph(which, monkeypatch):
     assert fast.unsupported == slow.unsupported
 
 
+class RepeatedBlocks(nn.Module):
+    """Equal blocks with an unsupported layer inside, a block called twice (shared weights), and an equal block on
+    another input shape: what the reuse of repeated submodule traces must get right."""
+
+    class Block(nn.Module):
+        features: int
+
+        @nn.compact
+        def __call__(self, x):
+            y = nn.Conv(self.features, (3, 3), name='conv')(x)
+            y = nn.GroupNorm(num_groups=2, name='gn')(y)
+            return x + nets.BatchNorm(self.features, name='bn')(nn.relu(y))
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(8, (3, 3), name='stem')(x)
+        shared = self.Block(8, name='shared')
+        x = shared(x) + shared(nn.relu(x))
+        x = self.Block(8, name='b1')(x)
+        x = self.Block(8, name='b2')(x)
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = self.Block(8, name='b3')(x)      # same configuration, another input shape: not a replay of b1
+        return nn.Dense(10, name='fc')(x.mean((1, 2)))
+
+
+def _reuse_cases():
+    from ghn_jax.nets import deepnets_generator
+    cases = [('resnet50', nets.resnet50(10, cifar=True), (1, 32, 32, 3)),
+             ('vit', nets.vit(10, C=16, n_cells=4), (1, 32, 32, 3)),
+             ('repeated', RepeatedBlocks(), (1, 16, 16, 3))]
+    for i in range(6):
+        module, shape = nets.from_arch_json(deepnets_generator.sample('test', i))
+        cases.append((f'test/{i}', module, shape))
+    return cases
+
+
+@pytest.mark.parametrize('name,module,shape', _reuse_cases(), ids=[c[0] for c in _reuse_cases()])
+def test_repeated_submodules_are_replayed_into_the_same_graph(name, module, shape, monkeypatch):
+    """Replaying repeated submodule calls (trace.REUSE_SUBMODULES) gives the graph of running every call, and it
+    does replay calls."""
+    from ghn_jax.graphs import trace
+    replays = []
+    original = trace._SubmoduleReuse._replay
+    monkeypatch.setattr(trace._SubmoduleReuse, '_replay', lambda self, rec, module, path, *a: (
+        replays.append(path), original(self, rec, module, path, *a))[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UnsupportedLayerWarning)
+        fast = build_graph(module, shape, cache=False)
+        monkeypatch.setattr(trace, 'REUSE_SUBMODULES', False)
+        n_replays = len(replays)
+        plain = build_graph(module, shape, cache=False)
+    assert n_replays > 0 and len(replays) == n_replays
+    assert fast.to_reference_json() == plain.to_reference_json()
+    assert fast.param_shapes == plain.param_shapes and list(fast.param_shapes) == list(plain.param_shapes)
+    assert fast.pruned == plain.pruned and fast.unsupported == plain.unsupported
+    assert [n.scope for n in fast.nodes] == [n.scope for n in plain.nodes]
+    if name == 'repeated':
+        assert ('b2',) in replays and ('b3',) not in replays
+        assert ('b2', 'gn', 'scale') in fast.unsupported
+
+
 def test_graph_trace_mode_is_thread_local():
     """Meta-training builds graphs in a background thread while nets run: the stand-in layers of a graph trace
     must stay in the tracing thread."""

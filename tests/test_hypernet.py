@@ -310,3 +310,26 @@ def test_prediction_compiles_nothing_but_the_ghn(golden_ghn, caplog):
         jax.config.update('jax_log_compiles', False)
     compiles = [r.getMessage() for r in caplog.records if 'Finished XLA compilation' in r.getMessage()]
     assert compiles == []
+
+
+def test_put_on_default_device_matches_device_put(monkeypatch):
+    """The batched host-to-device transfer of predictions gives jax.device_put's arrays, with or without its fast
+    path (and jax.device_put for what the fast path does not handle)."""
+    from ghn_jax.hypernet import transfer
+    rng = np.random.default_rng(0)
+    tensors = {('a', 'kernel'): rng.standard_normal((3, 3, 4, 8)).astype(np.float32),
+               ('a', 'bias'): np.zeros(8, np.float32), ('b',): np.arange(5, dtype=np.int32)}
+    expected = jax.device_put(tensors)
+    for fast in (None, False):
+        monkeypatch.setattr(transfer, '_fast', fast)
+        got = transfer.put_on_default_device(tensors)
+        assert sorted(got) == sorted(tensors)
+        for k in tensors:
+            assert isinstance(got[k], jax.Array) and got[k].sharding == expected[k].sharding
+            np.testing.assert_array_equal(np.asarray(got[k] * 2), np.asarray(expected[k] * 2))
+    assert transfer._fast is False
+    monkeypatch.setattr(transfer, '_fast', None)
+    transfer.put_on_default_device(tensors)
+    assert transfer._fast is True    # the check passes on the JAX this project pins
+    doubles = transfer.put_on_default_device({'x': np.ones(3)})   # float64: canonicalised as device_put does
+    assert doubles['x'].dtype == jax.device_put(np.ones(3)).dtype

@@ -77,18 +77,20 @@ def schedule_rows(n: int, edges: np.ndarray, reverse: bool, width: int) -> int:
 
 def schedule(n: int, edges: np.ndarray, reverse: bool, steps: int, width: int, pad: int) -> np.ndarray:
     """Level-synchronous update order as a (steps, width) table; wide levels are split over several steps."""
-    lv = levels(n, edges, reverse)
-    rows = []
-    for level in range(int(lv.max()) + 1 if n else 0):
-        nodes = np.flatnonzero(lv == level)
-        for k in range(0, len(nodes), width):
-            rows.append(nodes[k:k + width])
-    if len(rows) > steps:
-        raise BudgetExceededError(f'a GNN sweep of this graph needs {len(rows)} steps but the budget allows {steps}; '
-                                  f'use Budget(steps={len(rows)}, ...) or more, or steps=None')
     table = np.full((steps, width), pad, np.int32)
-    for t, r in enumerate(rows):
-        table[t, :len(r)] = r
+    if not n:
+        return table
+    lv = levels(n, edges, reverse)
+    order = np.argsort(lv, kind='stable')            # nodes level by level, in index order within a level
+    counts = np.bincount(lv)
+    rows_per_level = -(-counts // width)
+    n_rows = int(rows_per_level.sum())
+    if n_rows > steps:
+        raise BudgetExceededError(f'a GNN sweep of this graph needs {n_rows} steps but the budget allows {steps}; '
+                                  f'use Budget(steps={n_rows}, ...) or more, or steps=None')
+    level = lv[order]
+    k = np.arange(n) - (np.cumsum(counts) - counts)[level]        # rank of each node within its level
+    table[(np.cumsum(rows_per_level) - rows_per_level)[level] + k // width, k % width] = order
     return table
 
 
@@ -175,13 +177,15 @@ def pack(graphs: list[ArchGraph], budget: Budget, indexer: ShapeIndexer, max_spa
         if p + len(positions) > P:
             raise BudgetExceededError(
                 f'the graphs need {p + len(positions)}+ decoder positions but the budget allows {P}')
-        starts: dict[int, int] = {}
-        for node, y, x in positions:
-            starts.setdefault(node, p)
-            pos_node[p], pos_yx[p] = b * N + node, (y, x)
+        table = np.asarray(positions, np.int32).reshape(-1, 3)         # (node, y, x) rows
+        pos_node[p:p + len(table)] = b * N + table[:, 0]
+        pos_yx[p:p + len(table)] = table[:, 1:]
+        first_nodes, first = np.unique(table[:, 0], return_index=True)
+        starts = {int(node): p + int(i) for node, i in zip(first_nodes, first)}
+        for node in starts:
             if g.nodes[node].role == 'classifier_weight':
-                cls_pos[b] = p
-            p += 1
+                cls_pos[b] = starts[node]
+        p += len(table)
         layouts.append(Layout(b, b * N, starts))
     batch = GHNBatch(primitive, shape_ind, adj, fwd, bwd, mask, pos_node, pos_yx, cls_pos)
     return batch, layouts

@@ -23,6 +23,7 @@ from ghn_jax.hypernet import checkpoint as ckpt, tiling
 from ghn_jax.hypernet.batch import Budget, GHNBatch, auto_budget, pack
 from ghn_jax.hypernet.ghn import HOST_OUTPUTS, GHN, GHNConfig, assemble_host, param_specs, to_pytree
 from ghn_jax.hypernet.shape_encoder import ShapeIndexer
+from ghn_jax.hypernet.transfer import put_on_default_device
 
 
 @dataclasses.dataclass
@@ -119,7 +120,7 @@ class GHN2:
         embeddings = np.asarray(out['embeddings'])              # (indexing a jax array eagerly would compile)
         results = []
         for b, (g, (m, shape)) in enumerate(zip(graphs, models)):
-            flat = jax.device_put(assemble_host(host, specs[b], b, self.config.weight_norm, arenas[b]))
+            flat = put_on_default_device(assemble_host(host, specs[b], b, self.config.weight_norm, arenas[b]))
             if not predict_class_layers:
                 init = jax.jit(m.init)(rng if rng is not None else jax.random.key(0), jnp.zeros(shape or (1, 32, 32, 3)))
                 init_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(init['params']))
