@@ -82,7 +82,14 @@ def _np_tile_to(x: np.ndarray, shape: tuple[int, ...], alloc: Allocator = None) 
     Written in one pass (a broadcast assignment into a ``(reps_0, s_0, reps_1, s_1, ...)`` view) rather than with
     ``np.tile``, which copies once per axis: the tensors of a ResNet-50 are ~94 MB, so passes over memory dominate.
     """
-    alloc = alloc or aligned_empty
+    if x.ndim > 1 and shape[-1] > x.shape[-1]:
+        # Tile the last axis into a small block first: the big write below then copies whole rows of the output
+        # (contiguous runs of shape[-1] or more floats) instead of runs of the block's row.
+        x = _np_tile_once(x, tuple(x.shape[:-1]) + (shape[-1],), np.empty)
+    return _np_tile_once(x, shape, alloc or aligned_empty)
+
+
+def _np_tile_once(x: np.ndarray, shape: tuple[int, ...], alloc: Callable) -> np.ndarray:
     full, interleaved = _tiles(shape, x.shape)
     cropped = full != tuple(shape)
     out = np.empty(full, x.dtype) if cropped else alloc(full, x.dtype)
