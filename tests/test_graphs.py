@@ -198,7 +198,11 @@ class RepeatedBlocks(nn.Module):
         x = self.Block(8, name='b2')(x)
         x = nn.max_pool(x, (2, 2), (2, 2))
         x = self.Block(8, name='b3')(x)      # same configuration, another input shape: not a replay of b1
-        return nn.Dense(10, name='fc')(x.mean((1, 2)))
+        # Layers whose parameter and output shapes the tracer works out without running them: every padding form.
+        x = nn.Conv(8, (3, 3), strides=2, padding='VALID', name='valid')(jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))))
+        x = nn.Conv(8, (3, 3), kernel_dilation=2, feature_group_count=8, use_bias=False, name='dil')(x)
+        x = nn.Conv(16, (2, 3), strides=(2, 1), padding=((1, 0), (0, 1)), name='explicit')(x)
+        return nn.Dense(10, name='fc')(x.reshape(x.shape[0], -1))   # its kernel shape shows the spatial size
 
 
 def _reuse_cases():
