@@ -177,8 +177,8 @@ def test_fast_parameter_placeholders_give_the_same_graph(which, monkeypatch):
 
 
 class RepeatedBlocks(nn.Module):
-    """Equal blocks with an unsupported layer inside, a block called twice (shared weights), and an equal block on
-    another input shape: what the reuse of repeated submodule traces must get right."""
+    """Equal blocks with an unsupported layer inside, a block called twice (shared weights), an equal block on another
+    input shape, and a module with a non-array output: what the replay of repeated submodule calls must get right."""
 
     class Block(nn.Module):
         features: int
@@ -189,9 +189,15 @@ class RepeatedBlocks(nn.Module):
             y = nn.GroupNorm(num_groups=2, name='gn')(y)
             return x + nets.BatchNorm(self.features, name='bn')(nn.relu(y))
 
+    class Tagged(nn.Module):   # a non-array output: never replayed
+        @nn.compact
+        def __call__(self, x):
+            return nn.Conv(8, (1, 1), name='conv')(x), 'tag'
+
     @nn.compact
     def __call__(self, x):
         x = nn.Conv(8, (3, 3), name='stem')(x)
+        x = self.Tagged(name='t1')(x)[0] + self.Tagged(name='t2')(x)[0]
         shared = self.Block(8, name='shared')
         x = shared(x) + shared(nn.relu(x))
         x = self.Block(8, name='b1')(x)
@@ -222,8 +228,8 @@ def test_repeated_submodules_are_replayed_into_the_same_graph(name, module, shap
     does replay calls."""
     from ghn_jax.graphs import trace
     replays = []
-    original = trace._SubmoduleReuse._replay
-    monkeypatch.setattr(trace._SubmoduleReuse, '_replay', lambda self, rec, module, path, *a: (
+    original = trace._CallShortcuts._replay
+    monkeypatch.setattr(trace._CallShortcuts, '_replay', lambda self, rec, module, path, *a: (
         replays.append(path), original(self, rec, module, path, *a))[1])
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UnsupportedLayerWarning)
@@ -237,7 +243,7 @@ def test_repeated_submodules_are_replayed_into_the_same_graph(name, module, shap
     assert fast.pruned == plain.pruned and fast.unsupported == plain.unsupported
     assert [n.scope for n in fast.nodes] == [n.scope for n in plain.nodes]
     if name == 'repeated':
-        assert ('b2',) in replays and ('b3',) not in replays
+        assert ('b2',) in replays and ('b3',) not in replays and ('t2',) not in replays
         assert ('b2', 'gn', 'scale') in fast.unsupported
 
 

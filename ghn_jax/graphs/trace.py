@@ -29,7 +29,7 @@ so while tracing (see :data:`FAST_TRACE`):
 * a submodule called with the same configuration (class and fields, no submodule among them) and the same input
   shapes as an earlier one is not run again: its call is staged as one ``replay`` equation, its parameters are
   recorded with the shapes the earlier one created (nothing staged), and the walk over the jaxpr replays the
-  earlier one's equations under the new module path (:class:`_SubmoduleReuse`). Networks repeat blocks (ResNet
+  earlier one's equations under the new module path (:class:`_CallShortcuts`). Networks repeat blocks (ResNet
   stages, DeepNets cells): 8 of a ResNet-50's 16 blocks are replays. This assumes that what a module computes depends
   on its fields and inputs only, not on its name or path, as for any Flax module that does not branch on them;
 * a plain conv, dense or ghn_jax BatchNorm layer (exactly those classes, float32, the usual paddings) is not run
@@ -166,7 +166,7 @@ def _install_fast_trace() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Reuse of repeated submodule traces (see the module docstring)
+# Module calls that need not run while tracing (see the module docstring)
 # ------------------------------------------------------------------------------------------------------------------
 
 #: Identity on an array, staged around the first call of each reusable submodule configuration: the walk finds the
@@ -211,13 +211,14 @@ class _Recorded:
     out_avals: tuple
 
 
-class _SubmoduleReuse:
-    """Per trace: the first call of each submodule configuration is run (between marks), later ones replayed."""
+class _CallShortcuts:
+    """Per trace, the submodule calls that need not run: plain layers (:func:`_layer_shortcut`), and calls that
+    repeat an earlier one's configuration (the first is run between marks, later ones are replayed)."""
 
     def __init__(self, modules: dict[Path, nn.Module]):
         self.modules = modules
         self.recorded: dict[Any, _Recorded | None] = {}   # None: seen, but not reusable
-        self.param_shapes: dict[Path, tuple[int, ...]] = {}   # parameters of replayed calls (never staged)
+        self.param_shapes: dict[Path, tuple[int, ...]] = {}   # parameters of calls that did not run (never staged)
 
     @staticmethod
     def key(module: nn.Module, args: tuple, kwargs: dict):
@@ -240,6 +241,13 @@ class _SubmoduleReuse:
         return key
 
     def call(self, module: nn.Module, path: Path, next_fun, args: tuple, kwargs: dict):
+        if type(module) in _SHORTCUT_LAYERS and not module.scope.variables().get('params'):
+            shortcut = _layer_shortcut(module, args, kwargs)
+            if shortcut is not None:
+                params, out_shape = shortcut
+                for name, shape in params.items():
+                    self.param_shapes[path + (name,)] = shape
+                return _layer_p.bind(args[0], shape=out_shape)
         key = self.key(module, args, kwargs)
         if key is None:
             return next_fun(*args, **kwargs)
@@ -434,8 +442,9 @@ class _Tracer:
         self.gating_scopes: set[Path] = set()
         self.unsupported: dict[Path, set[Path]] = {}
         self.layer_nodes: dict[Path, frozenset] = {}   # all nodes a known layer created (never its inputs)
-        self.segments: dict[int, _Segment] = {}         # recorded first calls, by key id
-        self.param_vars: dict = {}                      # top-level jaxpr variable -> its parameter value
+        self.first_calls: dict[int, tuple] = {}          # key id -> (eqns, index of its first mark, scope prefix)
+        self.segments: dict[int, _Segment] = {}          # key id -> its first call's equations, once replayed
+        self.param_vars: dict = {}                       # top-level jaxpr variable -> its parameter value
         self._scope_cache: dict = {}
 
     # -- helpers -------------------------------------------------------------------------------------------------
@@ -518,27 +527,30 @@ class _Tracer:
         return chain
 
     # -- the walk ------------------------------------------------------------------------------------------------
-    def run(self, jaxpr, env_in: list[_Val], consts: list[_Val], scope_prefix: Path = (),
-            overrides: dict | None = None) -> list[_Val]:
-        """Abstractly evaluate ``jaxpr``; ``overrides`` replaces the values of given output variables."""
+    def run(self, jaxpr, env_in: list[_Val], consts: list[_Val], scope_prefix: Path = ()) -> list[_Val]:
+        """Abstractly evaluate ``jaxpr`` (parameter variables take their values from ``param_vars``)."""
         env: dict[Any, _Val] = {}
         for v, val in zip(jaxpr.constvars, consts):
             env[v] = val
         for v, val in zip(jaxpr.invars, env_in):
             env[v] = val
-        self._eval(jaxpr.eqns, env, scope_prefix, overrides or {}, None)
+        self._eval(jaxpr.eqns, env, scope_prefix, None)
         return [_read(env, v) for v in jaxpr.outvars]
 
-    def _replay(self, segment: _Segment, ins: list[_Val], path: Path) -> list[_Val]:
+    def _replay(self, key_id: int, ins: list[_Val], path: Path) -> list[_Val]:
         """The walk of a recorded first call again, for a later call at module ``path``."""
+        if key_id not in self.segments:
+            self.segments[key_id] = self._segment(*self.first_calls[key_id])
+        segment = self.segments[key_id]
         src, n = segment.path, len(segment.path)
         rename = lambda p: path + p[n:] if p[:n] == src else p
         env = dict(zip(segment.inputs, ins))
-        self._eval(segment.body, env, segment.scope_prefix, self.param_vars, rename)
+        self._eval(segment.body, env, segment.scope_prefix, rename)
         return [_read(env, v) for v in segment.outputs]
 
     def _segment(self, eqns: list, start: int, scope_prefix: Path) -> _Segment:
-        """The equations of the first call whose first ``in`` mark is ``eqns[start]``."""
+        """The equations of the first call whose first ``in`` mark is ``eqns[start]`` (only calls that are
+        replayed, which always end in ``out`` marks)."""
         key_id = eqns[start].params['key_id']
         end = start
         while not (eqns[end].primitive is _mark_p and eqns[end].params['key_id'] == key_id
@@ -551,7 +563,7 @@ class _Tracer:
         return _Segment(path, scope_prefix, [e.outvars[0] for e in marks if e.params['role'] == 'in'], body,
                         [e.invars[0] for e in marks if e.params['role'] == 'out'])
 
-    def _eval(self, eqns: list, env: dict, scope_prefix: Path, overrides: dict, rename) -> None:
+    def _eval(self, eqns: list, env: dict, scope_prefix: Path, rename) -> None:
         """Abstractly evaluate ``eqns`` into ``env``; ``rename`` maps the module paths of a replayed call."""
         read = functools.partial(_read, env)
         for i, eqn in enumerate(eqns):
@@ -561,12 +573,12 @@ class _Tracer:
             ins = [read(v) for v in eqn.invars]
             if eqn.primitive is _mark_p:
                 key_id = eqn.params['key_id']
-                if eqn.params['role'] == 'in' and key_id not in self.segments:
-                    self.segments[key_id] = self._segment(eqns, i, scope_prefix)
+                if eqn.params['role'] == 'in' and key_id not in self.first_calls:
+                    self.first_calls[key_id] = (eqns, i, scope_prefix)
                 env[eqn.outvars[0]] = ins[0]
                 continue
             if eqn.primitive is _replay_p:
-                outs = self._replay(self.segments[eqn.params['key_id']], ins, scope)
+                outs = self._replay(eqn.params['key_id'], ins, scope)
                 for v, val in zip(eqn.outvars, outs):
                     env[v] = val
                 continue
@@ -584,7 +596,7 @@ class _Tracer:
             else:
                 outs = [self.apply(eqn, scope, ins)] * len(eqn.outvars)
             for v, val in zip(eqn.outvars, outs):
-                override = overrides.get(v)
+                override = self.param_vars.get(v)
                 if override is not None and rename is not None:
                     override = _Val('param', params=frozenset(rename(p) for p in override.params))
                 env[v] = val if override is None else override
@@ -644,13 +656,13 @@ class TraceResult:
     unsupported: dict[Path, set[Path]]
 
 
-def _walk(closed, overrides, x_var, modules, param_shapes, gating_scopes) -> tuple[_Tracer, list[_Val]]:
+def _walk(closed, param_vars, x_var, modules, param_shapes, gating_scopes) -> tuple[_Tracer, list[_Val]]:
     tracer = _Tracer(modules, param_shapes)
     tracer.gating_scopes = gating_scopes
-    tracer.param_vars = overrides
+    tracer.param_vars = param_vars
     jaxpr = closed.jaxpr
     env_in = [_Val('act', producers=frozenset([0])) if v is x_var else _CONST for v in jaxpr.invars]
-    outs = tracer.run(jaxpr, env_in, [_CONST] * len(jaxpr.constvars), (), overrides)
+    outs = tracer.run(jaxpr, env_in, [_CONST] * len(jaxpr.constvars), ())
     return tracer, outs
 
 
@@ -658,7 +670,7 @@ def trace_module(module: nn.Module, input_shape: tuple[int, ...], dtype=jnp.floa
     """Trace ``module`` on an input of ``input_shape`` into raw nodes/edges (before filtering and ordering)."""
     modules: dict[Path, nn.Module] = {}
 
-    reuse = _SubmoduleReuse(modules) if FAST_TRACE and REUSE_SUBMODULES else None
+    shortcuts = _CallShortcuts(modules) if FAST_TRACE and REUSE_SUBMODULES else None
 
     def record(next_fun, args, kwargs, context):
         module = context.module
@@ -666,16 +678,9 @@ def trace_module(module: nn.Module, input_shape: tuple[int, ...], dtype=jnp.floa
             return next_fun(*args, **kwargs)
         path = tuple(module.path)
         modules.setdefault(path, module)
-        if reuse is None or not path or context.method_name != '__call__':
+        if shortcuts is None or not path or context.method_name != '__call__':
             return next_fun(*args, **kwargs)
-        if type(module) in _SHORTCUT_LAYERS and not module.scope.variables().get('params'):
-            shortcut = _layer_shortcut(module, args, kwargs)
-            if shortcut is not None:
-                params, out_shape = shortcut
-                for name, shape in params.items():
-                    reuse.param_shapes[path + (name,)] = shape
-                return _layer_p.bind(args[0], shape=out_shape)
-        return reuse.call(module, path, next_fun, args, kwargs)
+        return shortcuts.call(module, path, next_fun, args, kwargs)
 
     x = jax.ShapeDtypeStruct(tuple(input_shape), dtype)
     if FAST_TRACE:
@@ -684,24 +689,24 @@ def trace_module(module: nn.Module, input_shape: tuple[int, ...], dtype=jnp.floa
         closed, out_shape = jax.make_jaxpr(lambda x: module.init_with_output(jax.random.key(0), x),
                                            return_shape=True)(x)
     leaves = jax.tree_util.tree_flatten_with_path(out_shape)[0]
-    overrides, param_shapes, output_positions = {}, {}, []
+    param_vars, param_shapes, output_positions = {}, {}, []
     for i, ((key_path, leaf), var) in enumerate(zip(leaves, closed.jaxpr.outvars)):
         keys = tuple(getattr(k, 'key', getattr(k, 'idx', None)) for k in key_path)
         if keys[0] == 0:
             output_positions.append(i)
         elif len(keys) > 2 and keys[1] == 'params' and isinstance(var, jcore.Var):
             path = tuple(str(k) for k in keys[2:])
-            overrides[var] = _Val('param', params=frozenset([path]))
+            param_vars[var] = _Val('param', params=frozenset([path]))
             param_shapes[path] = tuple(leaf.shape)
-    if reuse is not None and reuse.param_shapes:   # in the order of a flattened params tree, as if staged
-        param_shapes = dict(sorted({**param_shapes, **reuse.param_shapes}.items()))
+    if shortcuts is not None and shortcuts.param_shapes:   # in the order of a flattened params tree, as if staged
+        param_shapes = dict(sorted({**param_shapes, **shortcuts.param_shapes}.items()))
     x_var = closed.jaxpr.invars[0]
     # First pass: find the gating (CSE) scopes, whose squeeze means are then dropped in a second pass. Without
     # gating scopes the second pass would repeat the first exactly, so it is skipped.
-    tracer, outs = _walk(closed, overrides, x_var, modules, param_shapes, set())
+    tracer, outs = _walk(closed, param_vars, x_var, modules, param_shapes, set())
     gating = {n.scope for n in tracer.nodes if n.primitive == 'cse'}
     if gating:
-        tracer, outs = _walk(closed, overrides, x_var, modules, param_shapes, gating)
+        tracer, outs = _walk(closed, param_vars, x_var, modules, param_shapes, gating)
     outputs = frozenset().union(*[outs[i].producers for i in output_positions if outs[i].kind == 'act'])
     if not outputs:
         raise ValueError('the module output does not depend on its input; nothing to trace')
