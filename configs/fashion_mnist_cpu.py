@@ -2,7 +2,7 @@
 
 Images are padded to 32x32 and repeated to 3 channels so the same GHN reads CIFAR-style architectures; the
 architectures are small DeepNets-1M nets (at most 6 cells, C <= 32). On 2 CPU cores the first steps take 15-100 s
-(op compiles) and later ones 2-8 s, so 3600 steps take about 1.5 hours; the run checkpoints every 100 steps and on
+(op compiles) and later ones 2-8 s, so 3000 steps take about 1.5 hours; the run checkpoints every 100 steps and on
 SIGTERM, and resumes where it stopped (docs/meta_training.md).
 """
 from ghn_jax.train.config import base_config
@@ -14,7 +14,7 @@ def get_config():
     c.archs.update(max_cells=6, max_channels=32)
     c.meta_batch_size = 4
     c.batch_size = 64
-    c.num_steps = 3600
+    c.num_steps = 3000
     # The reference's step decay (x0.1 at 2/3 and 5/6 of the run), in epochs of 54,000 images / 64 = 843 steps.
     c.lr_milestones = tuple(f * c.num_steps / (54_000 // c.batch_size) for f in (2 / 3, 5 / 6))
     c.log_every = 10

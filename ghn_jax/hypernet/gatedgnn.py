@@ -34,14 +34,16 @@ class TorchGRUCell(nn.Module):
 
     @nn.compact
     def __call__(self, m, h):
-        gi = nn.Dense(3 * self.features, name='ih')(m)
-        gh = nn.Dense(3 * self.features, name='hh')(h)
-        ir, iz, i_n = jnp.split(gi, 3, axis=-1)
-        hr, hz, h_n = jnp.split(gh, 3, axis=-1)
-        r = jax.nn.sigmoid(ir + hr)
-        z = jax.nn.sigmoid(iz + hz)
-        n = jnp.tanh(i_n + r * h_n)
-        return (1.0 - z) * n + z * h
+        return gru_update(nn.Dense(3 * self.features, name='ih')(m), nn.Dense(3 * self.features, name='hh')(h), h)
+
+
+def gru_update(gi: jax.Array, gh: jax.Array, h: jax.Array) -> jax.Array:
+    """The new state from the input and hidden projections ``gi``, ``gh`` (gate blocks r, z, n) and the state."""
+    ir, iz, i_n = jnp.split(gi, 3, axis=-1)
+    hr, hz, h_n = jnp.split(gh, 3, axis=-1)
+    r = jax.nn.sigmoid(ir + hr)
+    z = jax.nn.sigmoid(iz + hz)
+    return (1.0 - z) * jnp.tanh(i_n + r * h_n) + z * h
 
 
 def _params(module: nn.Module, x) -> dict:
@@ -91,11 +93,7 @@ class GatedGNN(nn.Module):
 
         def gru_cell(m, h_old):
             gi, gh = jnp.split(jnp.concatenate([m, h_old], -1) @ w_gru + b_gru, 2, axis=-1)
-            ir, iz, i_n = jnp.split(gi, 3, axis=-1)
-            hr, hz, h_n = jnp.split(gh, 3, axis=-1)
-            r = jax.nn.sigmoid(ir + hr)
-            z = jax.nn.sigmoid(iz + hz)
-            return (1.0 - z) * (jnp.tanh(i_n + r * h_n)) + z * h_old
+            return gru_update(gi, gh, h_old)
 
         def sweep(h, schedule, adj_rows):
             """adj_rows: (N+1, k(N+1)) incoming-edge weights of each node, k = 1 (real edges) or 2 (+ virtual)."""
