@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import logging
 import os
 import sys
 
@@ -77,11 +78,54 @@ def clear_lowering_caches() -> None:
             cache.cache_clear()
 
 
+def memory_map_usage() -> tuple[int, int] | None:
+    """(memory mappings of this process, the kernel's per-process limit ``vm.max_map_count``); None off Linux."""
+    try:
+        with open('/proc/sys/vm/max_map_count') as f:
+            limit = int(f.read())
+        with open('/proc/self/maps', 'rb') as f:
+            used = f.read().count(b'\n')
+    except (OSError, ValueError):
+        return None
+    return used, limit
+
+
+#: Drop compiled executables when the process holds this fraction of ``vm.max_map_count`` mappings.
+MAP_LIMIT_FRACTION = 0.8
+_release_calls = 0
+
+
+def keep_under_map_limit(fraction: float = MAP_LIMIT_FRACTION) -> bool:
+    """Drop jax's compiled executables when this process is close to the kernel's limit on memory mappings.
+
+    Every executable XLA:CPU compiles holds about three mappings. A long meta-training run compiles thousands of op
+    signatures; past the limit (65,530 by default) the next compile fails ("LLVM compilation error: Cannot allocate
+    memory") and the process crashes: it happened here after 640 steps of a resumed Fashion-MNIST run. Dropped
+    executables are compiled again, or read from the persistent compilation cache, when next needed. Returns True
+    when it dropped them."""
+    usage = memory_map_usage()
+    if usage is None or usage[0] < fraction * usage[1]:
+        return False
+    import jax
+    jax.clear_caches()
+    gc.collect()
+    after = memory_map_usage()
+    logging.warning('%d memory mappings, close to the limit vm.max_map_count=%d: dropped jax\'s compiled '
+                    'executables (%s mappings now). Raise the limit to avoid the recompiles: '
+                    'sudo sysctl -w vm.max_map_count=262144', usage[0], usage[1], after[0] if after else '?')
+    return True
+
+
 def release(return_pages: bool = False) -> None:
     """Free what long runs accumulate between steps: jax's lowering caches (costs ~4 ms per computation lowered
-    since the last call, nothing once op signatures stop being new), and with ``return_pages`` the allocator's free
-    pages too (which the next step then faults in again: ~1.6 s per 4 GB here)."""
+    since the last call, nothing once op signatures stop being new), every tenth call compiled executables when
+    the process nears its limit of memory mappings (:func:`keep_under_map_limit`), and with ``return_pages`` the
+    allocator's free pages too (which the next step then faults in again: ~1.6 s per 4 GB here)."""
+    global _release_calls
     clear_lowering_caches()
+    _release_calls += 1
+    if _release_calls % 10 == 0:
+        keep_under_map_limit()
     if not return_pages:
         return
     gc.collect()

@@ -106,3 +106,24 @@ def test_restart_under_tcmalloc_and_memory_freed():
     # Each compiled executable kept ~2.5 MB of lowering caches; releasing them leaves a fraction of that.
     assert res['per_executable_mb'] > 1.0
     assert res['after_release_mb'] < 0.5 * res['per_executable_mb']
+
+
+@pytest.mark.skipif(host_memory.memory_map_usage() is None, reason='needs /proc (Linux)')
+def test_executables_are_dropped_near_the_memory_map_limit(monkeypatch, caplog):
+    """Each compiled executable holds memory mappings; near the kernel's per-process limit (a long run crashed at
+    it) they are dropped, and the functions still work (compiled again when called)."""
+    fns = [jax.jit(lambda x, k=k: jnp.sin(x) * k) for k in range(200)]
+    for f in fns:
+        f(jnp.ones(3)).block_until_ready()
+    used, limit = host_memory.memory_map_usage()
+    assert not host_memory.keep_under_map_limit()          # far below the real limit: nothing happens
+    # A limit just above what the process holds now: above 80% of it, so the executables go.
+    monkeypatch.setattr(host_memory, 'memory_map_usage',
+                        lambda real=host_memory.memory_map_usage: (real()[0], int(used * 1.1)))
+    with caplog.at_level(logging.WARNING):
+        assert host_memory.keep_under_map_limit()
+    monkeypatch.undo()
+    after, _ = host_memory.memory_map_usage()
+    assert after < used - 300            # ~3 mappings per executable, 200 of them
+    assert 'vm.max_map_count' in caplog.text
+    np.testing.assert_allclose(np.asarray(fns[5](jnp.ones(3))), np.sin(1.0) * 5, rtol=1e-6)
