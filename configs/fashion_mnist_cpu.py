@@ -2,7 +2,7 @@
 
 Images are padded to 32x32 and repeated to 3 channels so the same GHN reads CIFAR-style architectures; the
 architectures are small DeepNets-1M nets (at most 6 cells, C <= 32). On 2 CPU cores the first steps take 15-100 s
-(op compiles) and later ones 2-8 s, so 3000 steps take about 1.5 hours; the run checkpoints every 100 steps and on
+(op compiles) and later ones 1-2.5 s, so 3000 steps take about 1.5 hours; the run checkpoints every 100 steps and on
 SIGTERM, and resumes where it stopped (docs/meta_training.md).
 """
 from ghn_jax.train.config import base_config

@@ -1,4 +1,5 @@
 """Meta-training: per-op execution (no whole-net compiles), exact resume after kill -9, data parallelism, NaN guard."""
+import json
 import logging
 import os
 import signal
@@ -260,3 +261,12 @@ def test_merge_joins_evaluation_shards_and_rejects_overlap():
         evaluate.merge([part(0, [0.1, 0.2]), part(1, [0.3])])
     with pytest.raises(ValueError, match='different splits'):
         evaluate.merge([part(0, [0.1]), part(5, [0.1], split='val')])
+
+
+def test_metrics_of_a_resumed_run_keep_the_rows_of_the_run_that_went_on(tmp_path):
+    """A crash after the last checkpoint makes the resumed run write those steps again."""
+    from ghn_jax.train.metrics import read_metrics
+    rows = [{'step': 10, 'loss': 1.0}, {'step': 20, 'loss': 2.0}, {'step': 30, 'loss': 3.0},   # crash after 30
+            {'step': 20, 'loss': 2.5}, {'step': 30, 'loss': 3.5}, {'step': 30, 'val_accuracy': 0.5}]
+    (tmp_path / 'metrics.jsonl').write_text('\n'.join(json.dumps(r) for r in rows))
+    assert read_metrics(str(tmp_path)) == [rows[0], rows[3], rows[4], rows[5]]

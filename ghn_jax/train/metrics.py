@@ -48,12 +48,25 @@ def _plain(v: Any) -> Any:
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    """All rows of ``workdir/metrics.jsonl`` (empty list if there are none)."""
+    """The rows of ``workdir/metrics.jsonl`` (empty list if there are none), in step order.
+
+    A run that crashed and resumed from its last checkpoint writes the steps after that checkpoint again: the rows
+    of the run that went on replace those of the one that stopped."""
     path = os.path.join(workdir, 'metrics.jsonl')
     if not os.path.exists(path):
         return []
+    rows: list[dict[str, Any]] = []
+    last_step: dict[frozenset, int] = {}     # per kind of row (its keys): the latest step written
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                kind, step = frozenset(row), row.get('step', -1)
+                if step <= last_step.get(kind, -1):   # a resumed run: drop what the stopped one wrote from here on
+                    rows = [r for r in rows if r.get('step', -1) < step or frozenset(r) != kind]
+                last_step[kind] = step
+                rows.append(row)
+    return rows
 
 
 def progress(total: int, initial: int = 0, desc: str = 'meta-train') -> tqdm:
