@@ -222,7 +222,10 @@ def _reuse_cases():
     return cases
 
 
-@pytest.mark.parametrize('name,module,shape', _reuse_cases(), ids=[c[0] for c in _reuse_cases()])
+_REUSE_CASES = _reuse_cases()
+
+
+@pytest.mark.parametrize('name,module,shape', _REUSE_CASES, ids=[c[0] for c in _REUSE_CASES])
 def test_repeated_submodules_are_replayed_into_the_same_graph(name, module, shape, monkeypatch):
     """Replaying repeated submodule calls (trace.REUSE_SUBMODULES) gives the graph of running every call, and it
     does replay calls."""
