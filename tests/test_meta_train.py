@@ -41,7 +41,8 @@ def _max_abs_diff(a, b):
 
 
 def test_executor_matches_whole_net_jit():
-    """Per-op execution (with and without remat) gives whole-net jit's loss, logits and gradients."""
+    """Per-op execution (whatever each op keeps for its backward pass) gives whole-net jit's loss, logits and
+    gradients."""
     config = _config()
     images = meta_train.load_image_data(config)
     x, y = (jnp.asarray(a) for a in images.batch(0, 0, 8))
@@ -49,7 +50,8 @@ def test_executor_matches_whole_net_jit():
     module = modules[0]
     params = module.init(jax.random.key(0), x)['params']
     loss, logits, grads = executor.loss_and_grads(module, params, x, y, targets.cross_entropy)
-    _, _, grads_remat = executor.loss_and_grads(module, params, x, y, targets.cross_entropy, remat=True)
+    grads_remat = {mode: executor.loss_and_grads(module, params, x, y, targets.cross_entropy, remat=mode)[2]
+                   for mode in ('conv_outputs', 'full')}
     (loss_ref, logits_ref), grads_ref = jax.jit(jax.value_and_grad(
         lambda p: (targets.cross_entropy(module.apply({'params': p}, x), y), module.apply({'params': p}, x)),
         has_aux=True))(params)
@@ -57,7 +59,29 @@ def test_executor_matches_whole_net_jit():
     np.testing.assert_allclose(logits, logits_ref, rtol=1e-4, atol=1e-5)
     assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(grads_ref)
     assert _max_abs_diff(grads, grads_ref) < 1e-4
-    assert _max_abs_diff(grads_remat, grads) < 1e-5  # recomputing each op in the backward pass changes nothing
+    for mode, g in grads_remat.items():  # recomputing parts of each op in the backward pass changes nothing
+        assert _max_abs_diff(g, grads) < 1e-5, mode
+
+
+def test_remat_modes_keep_less_for_the_backward_pass():
+    """What a net keeps between its forward and backward passes shrinks from 'none' to 'conv_outputs' to 'full'."""
+    config = _config()
+    x, y = (jnp.asarray(a) for a in meta_train.load_image_data(config).batch(0, 0, 8))
+    module = meta_train.sample_meta_batch(config, 0, meta_train.ghn_config(config))[0][0]
+    params = module.init(jax.random.key(0), x)['params']
+
+    def kept_bytes(mode: str) -> int:
+        def loss(p):
+            with executor.per_op(mode):
+                return targets.cross_entropy(module.apply({'params': p}, x), y)
+        _, pullback = jax.vjp(loss, params)
+        residuals = {id(a): a for a in jax.tree_util.tree_leaves(pullback) if isinstance(a, jax.Array)}
+        return sum(a.nbytes for a in residuals.values())
+
+    kept = {mode: kept_bytes(mode) for mode in executor.REMAT_MODES}
+    assert kept['none'] > 1.5 * kept['conv_outputs'] > 1.5 * kept['full'], kept
+    with pytest.raises(ValueError, match='remat mode'):
+        kept_bytes('some')
 
 
 class _CompileLog(logging.Handler):

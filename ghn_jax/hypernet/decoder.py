@@ -22,7 +22,8 @@ class ConvDecoder(nn.Module):
     def __call__(self, h: jax.Array, pos_node: jax.Array, pos_yx: jax.Array, cls_pos: jax.Array):
         """h: (M, hid) flat node states; pos_*: (P,) positions; cls_pos: (B,) -> (P, 64, 64), (B, nc, 64)."""
         s, c1, c2 = self.max_spatial, 4 * self.hid, 8 * self.hid
-        z = nn.relu(_PositionDense(c1, s, name='fc.0')(h[pos_node], pos_yx))  # (P, 128)
+        # Rematerialised: its (hid, P, 128) gather of the weight is redone in the backward pass, not kept for it.
+        z = nn.relu(nn.remat(_PositionDense)(c1, s, name='fc.0')(h[pos_node], pos_yx))  # (P, 128)
         z = nn.relu(nn.Dense(c2, name='conv.0')(z))
         blocks = nn.Dense(self.block * self.block, name='conv.2')(z).reshape(-1, self.block, self.block)
         # Classifier: the 64 output filters at position (0, 0) are channels mixed into num_classes rows.

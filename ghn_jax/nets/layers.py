@@ -19,11 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 from flax.linen.dtypes import promote_dtype
 
 from ghn_jax.nets.kernels import avg_pool2d, conv2d, depthwise_conv2d, max_pool2d
 
 TORCH_BN_EPS = 1e-5
+#: ``checkpoint_name`` of every conv's output: a ``jax.checkpoint`` policy can keep these and recompute the rest.
+CONV_OUTPUT = 'conv_output'
+#: ``checkpoint_name`` of the per-channel statistics of :class:`BatchNorm` (cheap to keep, a pass over the map to redo).
+NORM_STATISTICS = 'norm_statistics'
 
 _graph_trace = threading.local()   # .active: this thread is tracing a module into a graph (ghn_jax.graphs)
 
@@ -77,9 +82,12 @@ class BatchNorm(nn.Module):
         axes = tuple(range(x.ndim - 1))
         inv_n = np.float32(1.0 / math.prod(x.shape[:-1]))
         per_channel = lambda v: lax.broadcast_in_dim(v, x.shape, channel)  # noqa: E731
-        centred = lax.sub(x, per_channel(lax.mul(lax.reduce_sum(x, axes), inv_n)))
+        # Named per-channel statistics: rematerialising this layer (executor's 'conv_outputs') then redoes only
+        # element-wise work, not the two reductions over the map.
+        mean = checkpoint_name(lax.mul(lax.reduce_sum(x, axes), inv_n), NORM_STATISTICS)
+        centred = lax.sub(x, per_channel(mean))
         var = lax.mul(lax.reduce_sum(lax.mul(centred, centred), axes), inv_n)
-        gain = lax.mul(lax.rsqrt(lax.add(var, np.float32(self.epsilon))), scale)
+        gain = checkpoint_name(lax.mul(lax.rsqrt(lax.add(var, np.float32(self.epsilon))), scale), NORM_STATISTICS)
         return lax.add(lax.mul(centred, per_channel(gain)), per_channel(bias))
 
 
@@ -126,9 +134,10 @@ class FastConv(nn.Conv):
             y = jax.lax.conv_general_dilated(inputs, kernel, tuple(self.strides or (1, 1)), padding,
                                              rhs_dilation=dilation, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                              feature_group_count=groups, precision=self.precision)
-        if bias is None or not custom:   # a graph trace needs no bias add either
+        if not custom:   # a graph trace needs no bias add either
             return y
-        return y + bias
+        y = checkpoint_name(y, CONV_OUTPUT)
+        return y if bias is None else y + bias
 
 
 def torch_conv(features: int, kernel: int | Sequence[int], stride: int | Sequence[int] = 1,

@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.lr_milestones = (200, 250)
     c.num_steps = -1            # -1: epochs * steps per epoch
     c.grad_estimator = 'bp'     # 'bp' or 'fg' (forward gradients through the GHN, issue #5)
-    c.target_backend = 'per_op'  # or 'per_op_remat' (less memory, more compute), 'whole_net' (compiles per net)
+    c.target_backend = 'per_op'  # or 'per_op_keep_all', 'per_op_remat' (see ghn_jax.train.targets), 'whole_net'
     c.num_tangents = 1
 
     c.log_every = 10

@@ -5,10 +5,12 @@ Meta-training runs thousands of freshly sampled networks, each run once. Compili
 *ops*: every call of an op module (a DARTS op, a conv, a dense layer, a norm, ...) is replaced by one jitted
 function whose compiled executable is cached by the op's signature (module hyper-parameters, parameter shapes,
 input shapes). The glue between ops (sums, concats, pools, ReLUs) runs op-by-op in eager mode, where JAX caches one
-executable per primitive and shape. ``jax.value_and_grad`` differentiates straight through this composition: the
-linearised and transposed version of each jitted op is cached alongside it. After a few hundred architectures
-almost every signature has been seen (../shared/docs/target_net_execution.md measures the saturation), and a
-step compiles nothing.
+executable per primitive and shape. ``jax.value_and_grad`` differentiates straight through this composition. For
+reverse mode (:func:`loss_and_grads`) each op is a ``jax.custom_vjp`` over two more cached executables: a forward
+that returns the op's output and the arrays its backward pass needs, and that backward pass. So what an op keeps
+between the passes is explicit (:data:`REMAT_MODES`), and JAX never re-derives an op's backward pass at run time.
+After a few hundred architectures almost every signature has been seen (../shared/docs/target_net_execution.md
+measures the saturation), and a step compiles nothing.
 
 The interception is generic (``flax.linen.intercept_methods``), so any Flax module built from the registered op
 types runs this way; :func:`register_op` adds more types.
@@ -53,23 +55,91 @@ class Stats:
 STATS = Stats()
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _run_op(module: nn.Module, remat: bool, params: Any, args: tuple) -> Any:
-    STATS.traces += 1
+#: What an op keeps for the backward pass. ``'none'``: every intermediate its gradient needs; ``'full'``: only its
+#: inputs, everything inside recomputed; ``'conv_outputs'``: its inputs, its convolutions' outputs and its batch
+#: norms' statistics, the cheap element-wise work in between recomputed (no convolution or reduction runs twice).
+REMAT_MODES = ('none', 'full', 'conv_outputs')
+
+
+def _rematerialised(apply: Callable, remat: str) -> Callable:
+    if remat == 'none':
+        return apply
+    policy = (jax.checkpoint_policies.save_only_these_names(layers.CONV_OUTPUT, layers.NORM_STATISTICS)
+              if remat == 'conv_outputs' else None)
+    return jax.checkpoint(apply, policy=policy)
+
+
+@contextlib.contextmanager
+def _inside_op():
     _TRACING.active = True  # ops nested in this op are traced into it, not intercepted again
     try:
-        apply = lambda p, a: module.apply({'params': p}, *a)
-        # remat: the backward pass keeps only the op's inputs and recomputes its insides
-        return (jax.checkpoint(apply) if remat else apply)(params, args)
+        yield
     finally:
         _TRACING.active = False
+
+
+def _apply_fn(module: nn.Module) -> Callable:
+    return lambda p, a: module.apply({'params': p}, *a)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _run_op(module: nn.Module, params: Any, args: tuple) -> Any:
+    """One op, differentiable by JAX in both modes (forward passes, forward gradients)."""
+    STATS.traces += 1
+    with _inside_op():
+        return _apply_fn(module)(params, args)
+
+
+#: Signature of an op call -> the tree structure of its pullback (recorded when its forward is traced).
+_PULLBACK_TREES: dict[tuple, Any] = {}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _op_forward(module: nn.Module, remat: str, signature: tuple, params: Any, args: tuple) -> tuple[Any, list]:
+    """The op's output and the arrays its backward pass needs (what ``remat`` keeps), as one executable."""
+    STATS.traces += 1
+    with _inside_op():
+        out, pullback = jax.vjp(_rematerialised(_apply_fn(module), remat), params, args)
+    residuals, _PULLBACK_TREES[signature] = jax.tree_util.tree_flatten(pullback)
+    return out, residuals
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _op_backward(pullback_tree: Any, residuals: list, cotangent: Any) -> tuple[Any, tuple]:
+    """Cotangents of the op's params and inputs, from its residuals and output cotangent, as one executable."""
+    return jax.tree_util.tree_unflatten(pullback_tree, residuals)(cotangent)
+
+
+def _run_op_with_vjp(module: nn.Module, remat: str, params: Any, args: tuple) -> Any:
+    """One op whose reverse-mode derivative runs the executables above: JAX only records the op's residuals and
+    its backward executable, instead of partially evaluating and transposing the op's jaxpr at every call (which
+    is slow to warm up, and with ``jax.checkpoint`` inside the op kept recompiling as JAX's caches evicted)."""
+    leaves, tree = jax.tree_util.tree_flatten((params, args))
+    signature = (module, remat, tree, tuple((a.shape, a.dtype) for a in leaves))
+
+    @jax.custom_vjp
+    def op(p, a):
+        return _run_op(module, p, a)
+
+    pullback_tree = []
+
+    def op_fwd(p, a):
+        out = _op_forward(module, remat, signature, p, a)
+        pullback_tree.append(_PULLBACK_TREES[signature])  # the structure of the executable that just ran
+        return out
+
+    def op_bwd(residuals, cotangent):
+        return _op_backward(pullback_tree[0], residuals, cotangent)
+
+    op.defvjp(op_fwd, op_bwd)
+    return op(params, args)
 
 
 def _is_array(a: Any) -> bool:
     return isinstance(a, (jax.Array, jax.core.Tracer))
 
 
-def _intercept(remat: bool, next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
+def _intercept(remat: str | None, next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
     module = context.module
     if (getattr(_TRACING, 'active', False) or context.method_name != '__call__' or module.parent is None or kwargs
             or not isinstance(module, tuple(OP_TYPES)) or not all(_is_array(a) for a in args)):
@@ -78,29 +148,36 @@ def _intercept(remat: bool, next_fun: Callable, args: tuple, kwargs: dict, conte
         return next_fun(*args, **kwargs)  # initialisation: let Flax create the parameters
     STATS.calls += 1
     params = module.variables.get('params', {})
-    return _run_op(module.clone(parent=None, name=None), remat, params, tuple(args))
+    op = module.clone(parent=None, name=None)
+    if remat is None:
+        return _run_op(op, params, tuple(args))
+    return _run_op_with_vjp(op, remat, params, tuple(args))
 
 
 @contextlib.contextmanager
-def per_op(remat: bool = False):
+def per_op(remat: str | None = None):
     """Context in which every registered op module call runs as a cached jitted op.
 
-    With ``remat`` each op saves only its inputs for the backward pass and recomputes the rest (``jax.checkpoint``):
-    less memory held between a net's forward and backward passes, for extra forward compute.
+    With ``remat`` (one of ``REMAT_MODES``) each op's reverse-mode derivative runs as two cached executables, a
+    forward that also returns what ``remat`` keeps for the backward pass and the backward pass itself; ``remat``
+    trades that memory for recomputation. Without it (``None``), JAX differentiates the ops in either mode (as
+    forward gradients need).
     """
+    if remat is not None and remat not in REMAT_MODES:
+        raise ValueError(f'unknown remat mode {remat!r}; choose one of {REMAT_MODES}')
     with nn.intercept_methods(functools.partial(_intercept, remat)):
         yield
 
 
-def forward(module: nn.Module, params: Any, x: jax.Array, remat: bool = False) -> jax.Array:
-    """Logits of ``module`` with ``params`` (differentiable, also under ``jax.jvp``)."""
+def forward(module: nn.Module, params: Any, x: jax.Array, remat: str | None = None) -> jax.Array:
+    """Logits of ``module`` with ``params`` (differentiable, also under ``jax.jvp`` when ``remat`` is None)."""
     with per_op(remat):
         return module.apply({'params': params}, x)
 
 
 def loss_and_grads(module: nn.Module, params: Any, x: jax.Array, y: jax.Array,
                    loss_fn: Callable[[jax.Array, jax.Array], jax.Array],
-                   remat: bool = False) -> tuple[jax.Array, jax.Array, Any]:
+                   remat: str = 'none') -> tuple[jax.Array, jax.Array, Any]:
     """(loss, logits, d loss / d params) of one network on one batch, run op by op (``remat``: see ``per_op``)."""
     def objective(p):
         logits = forward(module, p, x, remat)
@@ -111,5 +188,7 @@ def loss_and_grads(module: nn.Module, params: Any, x: jax.Array, y: jax.Array,
 
 def clear_cache() -> None:
     """Drop every cached op executable (they cost a few MB each)."""
-    _run_op.clear_cache()
+    for fn in (_run_op, _op_forward, _op_backward):
+        fn.clear_cache()
+    _PULLBACK_TREES.clear()
     jax.clear_caches()

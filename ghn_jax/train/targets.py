@@ -1,9 +1,11 @@
 """Running target networks inside meta-training and evaluation: loss, logits and parameter gradients.
 
-Three back-ends, same results:
+Back-ends, same results:
   * ``per_op`` (default when available): :mod:`ghn_jax.train.executor` runs each op through a jitted function
-    cached by op signature, so a never-seen architecture reuses compiled code;
-  * ``per_op_remat``: the same, each op recomputed in the backward pass instead of keeping its intermediates;
+    cached by op signature, so a never-seen architecture reuses compiled code. Each op keeps its inputs and its
+    convolutions' outputs for the backward pass and recomputes the cheap rest (ReLUs, norms);
+  * ``per_op_keep_all``: the same, keeping every intermediate (more memory, no recomputation);
+  * ``per_op_remat``: the same, keeping only each op's inputs (least memory, convolutions run twice);
   * ``whole_net``: one ``jax.jit`` per architecture (simple, but compiles every new architecture).
 """
 from __future__ import annotations
@@ -15,12 +17,14 @@ import flax.linen as nn
 import jax
 import optax
 
-BACKENDS = ('per_op', 'per_op_remat', 'whole_net')
+#: per-op back-end -> what each op keeps for its backward pass (``executor.REMAT_MODES``)
+PER_OP_REMAT = {'per_op': 'conv_outputs', 'per_op_keep_all': 'none', 'per_op_remat': 'full'}
+BACKENDS = (*PER_OP_REMAT, 'whole_net')
 BACKEND = {'name': 'per_op'}
 
 
 def set_backend(name: str) -> None:
-    """Choose ``'per_op'``, ``'per_op_remat'`` or ``'whole_net'`` execution of target networks."""
+    """Choose one of ``BACKENDS`` to execute target networks."""
     if name not in BACKENDS:
         raise ValueError(f'unknown target-net backend {name!r}; choose one of {BACKENDS}')
     BACKEND['name'] = name
@@ -57,7 +61,7 @@ def net_loss_and_grads(module: nn.Module, params: Any, x: jax.Array, y: jax.Arra
     ex = _executor()
     if ex is not None:
         return ex.loss_and_grads(module, params, x, y, loss_fn=functools.partial(
-            cross_entropy, label_smoothing=label_smoothing), remat=BACKEND['name'] == 'per_op_remat')
+            cross_entropy, label_smoothing=label_smoothing), remat=PER_OP_REMAT[BACKEND['name']])
     (loss, logits), grads = _whole_net_fns(module, float(label_smoothing))[0](params, x, y)
     return loss, logits, grads
 
