@@ -114,6 +114,34 @@ def test_sweep_steps_budget(golden_ghn):
     assert [budget_ladder(v, 64) for v in (10, 65, 97, 129, 193, 257, 385)] == [64, 96, 128, 192, 256, 384, 512]
 
 
+def test_ghn_gradients_do_not_depend_on_padding_and_keep_no_node_masks(golden_ghn):
+    """The GNN's gradients through its padded sweeps (trash rows, idle steps, padded nodes) equal those of a tighter
+    packing, and what jax.vjp keeps for them holds no per-step boolean masks of all node states (scatters with
+    unique indices)."""
+    from ghn_jax.hypernet.batch import auto_budget
+    graphs = [ArchGraph.from_reference_json(golden_json(a, 'graph.json')) for a in GOLDEN_ARCHS[1:4]]
+    auto = auto_budget(graphs, golden_ghn.config.max_spatial)
+    loose = Budget(nodes=2 * auto.nodes, positions=auto.positions, graphs=auto.graphs, width=2 * auto.width)
+    weights = [np.random.default_rng(b).standard_normal((g.n_nodes, golden_ghn.config.hid)).astype(np.float32)
+               for b, g in enumerate(graphs)]
+
+    def grads(budget):
+        batch = golden_ghn.pack(graphs, budget)[0]
+
+        def loss(p):
+            emb = apply_ghn(golden_ghn.module, p, batch)['embeddings']
+            return sum(jnp.sum(emb[b, :g.n_nodes] * w) for b, (g, w) in enumerate(zip(graphs, weights)))
+        _, pullback = jax.vjp(loss, golden_ghn.params)
+        # (steps, graphs, rows, hid) boolean masks: per sweep step, ReLU masks of the W updated nodes only
+        masks = [a.shape for a in jax.tree_util.tree_leaves(pullback) if getattr(a, 'dtype', None) == bool]
+        assert not [m for m in masks if len(m) == 4 and m[2] > budget.width], masks
+        return pullback(jnp.float32(1.0))[0]
+
+    # float32 sums in another order (other widths): differences of ~1e-4 on gradients of order 1
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-4),
+                           grads(auto), grads(loose))
+
+
 def test_meta_batch_prediction_equals_single_predictions(golden_ghn):
     archs = _random_archs(3, seed=1)
     many = golden_ghn.predict_many([(m, (1, 32, 32, 3)) for m in archs])
