@@ -79,6 +79,16 @@ def test_dense_conv(kernel, stride, dilation, size):
            lambda x, w: _lax_conv(x, w, stride, padding, dilation), x, w)
 
 
+@pytest.mark.parametrize('kernel,stride,dilation', [((3, 3), 1, 1), ((3, 3), 2, 2), ((7, 1), 1, 1)])
+def test_dense_conv_filter_gradient_of_stacked_taps(kernel, stride, dilation):
+    """C_in a multiple of 64 takes the other filter-gradient form (one matmul of all taps stacked)."""
+    x = jax.random.normal(jax.random.key(0), (2, 6, 7, 64))
+    w = 0.1 * jax.random.normal(jax.random.key(1), kernel + (64, 5))
+    padding = tuple((dilation * (k - 1) // 2,) * 2 for k in kernel)
+    _check(lambda x, w: conv2d(x, w, stride, padding, dilation),
+           lambda x, w: _lax_conv(x, w, stride, padding, dilation), x, w)
+
+
 def test_filter_gradients_over_batch_chunks(monkeypatch):
     """Filter gradients summed over batch chunks (the CPU path for large maps) equal the lax ones; 6 images in
     chunks of at most 4 come as two chunks of 3."""

@@ -180,14 +180,27 @@ def meta_step_grads(ghn: GHN, params, graphs: list[ArchGraph], modules: list, x,
     t1 = time.perf_counter()
     replicated = NamedSharding(x.sharding.mesh, P()) if isinstance(x.sharding, NamedSharding) else None
     losses, accs = [], []
+
+    def fold_back(b: int, specs, loss, accuracy, grads) -> None:
+        """Wait for net ``b`` and fold its parameter gradients into the GHN outputs' cotangent (host)."""
+        grads = flax.traverse_util.flatten_dict(jax.device_get(grads))
+        assemble_host_vjp(host, specs, b, cfg.weight_norm, grads, cot)
+        losses.append(float(loss))
+        accs.append(float(accuracy))
+
+    # Pipelined: net b is dispatched (asynchronously) before net b-1's gradients are fetched and folded back, so
+    # the host work between two nets overlaps the device's work instead of leaving it idle.
+    pending = None
     for b, (graph, layout, module) in enumerate(zip(graphs, layouts, modules)):
         specs = param_specs(graph, layout)
         net_params = jax.device_put(to_pytree(assemble_host(host, specs, b, cfg.weight_norm), graph), replicated)
         loss, logits, grads = net_loss_and_grads(module, net_params, x, y, label_smoothing)
-        grads = flax.traverse_util.flatten_dict(jax.device_get(grads))
-        assemble_host_vjp(host, specs, b, cfg.weight_norm, grads, cot)
-        losses.append(float(loss))
-        accs.append(float(jnp.mean(jnp.argmax(logits, -1) == y)))
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+        if pending is not None:
+            fold_back(*pending)
+        pending = (b, specs, loss, accuracy, grads)
+    if pending is not None:
+        fold_back(*pending)
     t2 = time.perf_counter()
     n = len(graphs)
     (grads,) = core_vjp({k: v / n for k, v in cot.items()})
