@@ -40,6 +40,30 @@ def _max_abs_diff(a, b):
                for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
+@pytest.mark.parametrize('arg, num_steps', [(None, 3000), ('4500', 4500)])
+def test_fashion_config_drops_the_learning_rate_at_two_thirds_and_five_sixths(arg, num_steps):
+    from configs import fashion_mnist_cpu
+    config = fashion_mnist_cpu.get_config(arg)
+    steps_per_epoch = 54_000 // config.batch_size   # Fashion-MNIST's 60,000 minus the 10% held out
+    drops = [int(m * steps_per_epoch) for m in config.lr_milestones]   # as meta_train.make_optimizer places them
+    assert config.num_steps == num_steps
+    assert drops == pytest.approx([2 * num_steps / 3, 5 * num_steps / 6], abs=1)
+
+
+def test_resuming_with_a_changed_config_keeps_the_previous_one(tmp_path, caplog):
+    config = _config(num_steps=10)
+    meta_train.save_config(config, str(tmp_path), 0)
+    meta_train.save_config(config, str(tmp_path), 5)   # unchanged: nothing kept aside
+    assert sorted(os.listdir(tmp_path)) == ['config.json']
+    with caplog.at_level(logging.WARNING):
+        meta_train.save_config(_config(num_steps=20), str(tmp_path), 7)
+    assert 'num_steps: 10 -> 20' in caplog.text
+    with open(tmp_path / 'config.before_step_7.json') as f:
+        assert json.load(f)['num_steps'] == 10
+    with open(tmp_path / 'config.json') as f:
+        assert json.load(f)['num_steps'] == 20
+
+
 def test_executor_matches_whole_net_jit():
     """Per-op execution (whatever each op keeps for its backward pass) gives whole-net jit's loss, logits and
     gradients."""

@@ -220,6 +220,25 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
                          axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def save_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> None:
+    """Write ``workdir/config.json``; a run resumed with a changed config keeps the old one as
+    ``config.before_step_<step>.json`` and logs which fields changed."""
+    path = os.path.join(workdir, 'config.json')
+    text = config.to_json_best_effort(indent=2)
+    if os.path.exists(path):
+        with open(path) as f:
+            old_text = f.read()
+        if old_text == text:
+            return
+        old, new = (flax.traverse_util.flatten_dict(json.loads(t), sep='.') for t in (old_text, text))
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        logging.warning('config changed at step %d: %s (previous config kept in config.before_step_%d.json)',
+                        step, ', '.join(f'{k}: {old.get(k)} -> {new.get(k)}' for k in changed), step)
+        os.replace(path, os.path.join(workdir, f'config.before_step_{step}.json'))
+    with open(path, 'w') as f:
+        f.write(text)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Meta-train a GHN as configured, checkpointing into ``workdir``; resumes from its latest checkpoint.
 
@@ -260,9 +279,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.warning('resumed from step %d of %s', start, ckpt.directory)
     params, opt_state = state['params'], state['opt_state']
     writer = MetricWriter(workdir)
-    if start == 0 and jax.process_index() == 0:
-        with open(os.path.join(workdir, 'config.json'), 'w') as f:
-            f.write(config.to_json_best_effort(indent=2))
+    if jax.process_index() == 0:
+        save_config(config, workdir, start)
 
     bar = progress(num_steps, start)
     skipped_in_a_row, step = 0, start
