@@ -82,10 +82,12 @@ def main() -> None:
     parser.add_argument('--steps', default='2-13', help='measured steps, e.g. 2-13')
     parser.add_argument('--backend', default='per_op', choices=targets.BACKENDS,
                         help='target-net execution (per_op_remat: recompute each op in the backward pass)')
+    parser.add_argument('--residual-budget-gb', type=float, default=base_config().target_residual_budget_gb,
+                        help="per net, the most its ops hold for the backward pass (0: no cap; see --backend)")
     args = parser.parse_args()
     host_memory.use_tcmalloc()
     lo, hi = (int(s) for s in args.steps.split('-'))
-    targets.set_backend(args.backend)
+    targets.set_backend(args.backend, args.residual_budget_gb)
     with open(args.bench) as f:
         batches = {b['step']: b['nets'] for b in json.load(f)}
 
@@ -161,7 +163,8 @@ def main() -> None:
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     fwd = med(warm, 'nets_forward_only')
     print(json.dumps({
-        'benchmark': 'meta_train_step', 'backend': args.backend, 'steps': f'{lo}-{hi}', 'meta_batch': 8,
+        'benchmark': 'meta_train_step', 'backend': args.backend, 'residual_budget_gb': args.residual_budget_gb,
+        'steps': f'{lo}-{hi}', 'meta_batch': 8,
         'images': '64x32x32x3',
         'cold_median_s': {k: round(med(cold, k), 3) for k in keys},
         'warm_median_s': {k: round(med(warm, k), 3) for k in keys},

@@ -52,11 +52,11 @@ def _instrument() -> None:
     def forward(module, remat, signature, params, args):
         kind = (type(module).__name__, str(signature[3][-1][0]))   # the op's type and its input's shape
         out = _timed(('forward',) + kind, op_forward, module, remat, signature, params, args)
-        kind_of_tree[id(executor._PULLBACK_TREES[signature])] = kind
+        kind_of_tree[id(executor._PULLBACK_LAYOUTS[signature][0])] = kind
         return out
 
-    def backward(tree, residuals, cotangent):
-        return _timed(('backward',) + kind_of_tree.get(id(tree), ('?', '')), op_backward, tree, residuals, cotangent)
+    def backward(tree, *rest):
+        return _timed(('backward',) + kind_of_tree.get(id(tree), ('?', '')), op_backward, tree, *rest)
 
     def primitive(trace, prim, tracers, params):
         shape = str(tuple(getattr(tracers[0], 'shape', ()))) if tracers else '()'

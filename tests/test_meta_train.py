@@ -10,11 +10,13 @@ import time
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 import pytest
 
 from ghn_jax.hypernet.ghn import GHN
 from ghn_jax.hypernet.predictor import init_params
+from ghn_jax.nets import deepnets
 from ghn_jax.train import executor, meta_train, targets
 from ghn_jax.train.checkpointing import Checkpointer
 from ghn_jax.train.meta_train import train_and_evaluate
@@ -76,6 +78,8 @@ def test_executor_matches_whole_net_jit():
     loss, logits, grads = executor.loss_and_grads(module, params, x, y, targets.cross_entropy)
     grads_remat = {mode: executor.loss_and_grads(module, params, x, y, targets.cross_entropy, remat=mode)[2]
                    for mode in ('conv_outputs', 'full')}
+    grads_remat['conv_outputs, 256 KB budget'] = executor.loss_and_grads(
+        module, params, x, y, targets.cross_entropy, remat='conv_outputs', max_residual_bytes=2**18)[2]
     (loss_ref, logits_ref), grads_ref = jax.jit(jax.value_and_grad(
         lambda p: (targets.cross_entropy(module.apply({'params': p}, x), y), module.apply({'params': p}, x)),
         has_aux=True))(params)
@@ -106,6 +110,48 @@ def test_remat_modes_keep_less_for_the_backward_pass():
     assert kept['none'] > 1.5 * kept['conv_outputs'] > 1.5 * kept['full'], kept
     with pytest.raises(ValueError, match='remat mode'):
         kept_bytes('some')
+
+
+def test_ops_keep_an_input_once_and_a_budget_drops_what_they_computed():
+    """An input read by two ops (a cell state) is kept for their backward passes as it is: once, not copied per op.
+    Under a zero ``ResidualBudget`` that is all the ops keep; their conv outputs are recomputed, same gradients."""
+    class TwoReaders(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return deepnets.ReLUConvBN(4, 3, name='a')(x) + deepnets.ReLUConvBN(4, 3, name='b')(x)
+
+    module = TwoReaders()
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
+    params = module.init(jax.random.key(0), x)['params']
+    params_bytes = sum(a.nbytes for a in jax.tree_util.tree_leaves(params))
+
+    def kept_bytes_and_grads(remat, budget=None):
+        def loss(p, x):
+            with executor.per_op(remat, budget):
+                return module.apply({'params': p}, x).sum()
+        _, pullback = jax.vjp(loss, params, x)
+        kept = {a.unsafe_buffer_pointer(): a.nbytes for a in jax.tree_util.tree_leaves(pullback)
+                if isinstance(a, jax.Array)}
+        assert x.unsafe_buffer_pointer() in kept
+        return sum(kept.values()), pullback(jnp.ones(()))
+
+    kept, grads = kept_bytes_and_grads('full')
+    assert kept == x.nbytes + params_bytes
+    kept_conv, grads_conv = kept_bytes_and_grads('conv_outputs')
+    assert kept_conv >= kept + 2 * x.nbytes   # two conv outputs of x's size
+    budget = executor.ResidualBudget(0)
+    kept_budget, grads_budget = kept_bytes_and_grads('conv_outputs', budget)
+    assert kept_budget == kept and budget.bytes == 0 and budget.recomputed == 2
+    assert _max_abs_diff(grads_budget, grads_conv) < 1e-6 and _max_abs_diff(grads, grads_conv) < 1e-6
+
+
+def test_residual_budget_drops_the_earliest_ops_first():
+    budget = executor.ResidualBudget(max_bytes=3 * 400)
+    for key in range(5):
+        budget.hold(key, [jnp.zeros(100, jnp.float32)])    # 400 bytes each
+    assert budget.bytes == 1200
+    assert [budget.take(key) is None for key in range(5)] == [True, True, False, False, False]
+    assert budget.bytes == 0 and budget.recomputed == 2
 
 
 class _CompileLog(logging.Handler):

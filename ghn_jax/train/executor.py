@@ -17,9 +17,11 @@ types runs this way; :func:`register_op` adds more types.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
+import itertools
 import threading
 from typing import Any, Callable
 
@@ -90,30 +92,76 @@ def _run_op(module: nn.Module, params: Any, args: tuple) -> Any:
         return _apply_fn(module)(params, args)
 
 
-#: Signature of an op call -> the tree structure of its pullback (recorded when its forward is traced).
-_PULLBACK_TREES: dict[tuple, Any] = {}
+#: Signature of an op call -> (tree structure of its pullback, for each of its arrays the index of the op's own
+#: param or input leaf it is, or None for an array the forward computed), recorded when the forward is traced.
+_PULLBACK_LAYOUTS: dict[tuple, tuple[Any, tuple[int | None, ...]]] = {}
+_OP_CALLS = itertools.count()
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _op_forward(module: nn.Module, remat: str, signature: tuple, params: Any, args: tuple) -> tuple[Any, list]:
-    """The op's output and the arrays its backward pass needs (what ``remat`` keeps), as one executable."""
+    """The op's output and the arrays its backward pass needs (what ``remat`` keeps), as one executable.
+
+    Only arrays the op computes are returned: its params and inputs among the residuals are passed again to the
+    backward pass by the caller, which holds them anyway. Returning them would copy each (XLA does not alias
+    outputs to inputs), and an input read by several ops (a cell state) would be held once per op."""
     STATS.traces += 1
     with _inside_op():
         out, pullback = jax.vjp(_rematerialised(_apply_fn(module), remat), params, args)
-    residuals, _PULLBACK_TREES[signature] = jax.tree_util.tree_flatten(pullback)
-    return out, residuals
+    residuals, tree = jax.tree_util.tree_flatten(pullback)
+    own = jax.tree_util.tree_leaves((params, args))
+    from_inputs = tuple(next((i for i, leaf in enumerate(own) if leaf is r), None) for r in residuals)
+    _PULLBACK_LAYOUTS[signature] = (tree, from_inputs)
+    return out, [r for r, i in zip(residuals, from_inputs) if i is None]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _op_backward(pullback_tree: Any, residuals: list, cotangent: Any) -> tuple[Any, tuple]:
-    """Cotangents of the op's params and inputs, from its residuals and output cotangent, as one executable."""
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _op_backward(pullback_tree: Any, from_inputs: tuple, computed: list, inputs: list, cotangent: Any
+                 ) -> tuple[Any, tuple]:
+    """Cotangents of the op's params and inputs, from its residuals and output cotangent, as one executable.
+    ``computed`` are the residuals the forward returned, ``inputs`` the op's param and input leaves it keeps."""
+    computed, inputs = iter(computed), iter(inputs)
+    residuals = [next(computed) if i is None else next(inputs) for i in from_inputs]
     return jax.tree_util.tree_unflatten(pullback_tree, residuals)(cotangent)
 
 
-def _run_op_with_vjp(module: nn.Module, remat: str, params: Any, args: tuple) -> Any:
+class ResidualBudget:
+    """Arrays the ops of one network computed for its backward pass, held up to ``max_bytes``.
+
+    Past the budget the earliest ops' arrays are dropped, and in the backward pass those ops run their forward
+    executable again from their inputs (held anyway) before their backward executable: nothing new compiles, and
+    only networks over the budget pay. Earliest first, because in CNNs the early, high-resolution ops hold the most
+    bytes per FLOP recomputed (each reduction halves the map's bytes at about equal conv FLOPs).
+    """
+
+    def __init__(self, max_bytes: float):
+        self.max_bytes = max_bytes
+        self.held: collections.OrderedDict[int, list] = collections.OrderedDict()   # op call -> arrays, in order
+        self.bytes = 0
+        self.recomputed = 0
+
+    def hold(self, key: int, arrays: list) -> None:
+        self.held[key] = arrays
+        self.bytes += sum(a.nbytes for a in arrays)
+        while self.bytes > self.max_bytes and self.held:
+            self.bytes -= sum(a.nbytes for a in self.held.popitem(last=False)[1])
+
+    def take(self, key: int) -> list | None:
+        """The arrays held for op call ``key``, or None when they were dropped."""
+        arrays = self.held.pop(key, None)
+        if arrays is None:
+            self.recomputed += 1
+        else:
+            self.bytes -= sum(a.nbytes for a in arrays)
+        return arrays
+
+
+def _run_op_with_vjp(module: nn.Module, remat: str, params: Any, args: tuple,
+                     budget: ResidualBudget | None = None) -> Any:
     """One op whose reverse-mode derivative runs the executables above: JAX only records the op's residuals and
     its backward executable, instead of partially evaluating and transposing the op's jaxpr at every call (which
-    is slow to warm up, and with ``jax.checkpoint`` inside the op kept recompiling as JAX's caches evicted)."""
+    is slow to warm up, and with ``jax.checkpoint`` inside the op kept recompiling as JAX's caches evicted).
+    With a ``budget``, what the op computed for its backward pass is held there instead (and may be dropped)."""
     leaves, tree = jax.tree_util.tree_flatten((params, args))
     signature = (module, remat, tree, tuple((a.shape, a.dtype) for a in leaves))
 
@@ -121,15 +169,24 @@ def _run_op_with_vjp(module: nn.Module, remat: str, params: Any, args: tuple) ->
     def op(p, a):
         return _run_op(module, p, a)
 
-    pullback_tree = []
+    layout, key = [], next(_OP_CALLS)
 
     def op_fwd(p, a):
-        out = _op_forward(module, remat, signature, p, a)
-        pullback_tree.append(_PULLBACK_TREES[signature])  # the structure of the executable that just ran
-        return out
+        out, computed = _op_forward(module, remat, signature, p, a)
+        layout.append(_PULLBACK_LAYOUTS[signature])  # that of the executable that just ran
+        if budget is not None:
+            budget.hold(key, computed)
+            computed = None
+        return out, (computed, p, a)
 
     def op_bwd(residuals, cotangent):
-        return _op_backward(pullback_tree[0], residuals, cotangent)
+        computed, p, a = residuals
+        if budget is not None:
+            computed = budget.take(key)
+            if computed is None:
+                computed = _op_forward(module, remat, signature, p, a)[1]
+        own = jax.tree_util.tree_leaves((p, a))
+        return _op_backward(*layout[0], computed, [own[i] for i in layout[0][1] if i is not None], cotangent)
 
     op.defvjp(op_fwd, op_bwd)
     return op(params, args)
@@ -139,7 +196,8 @@ def _is_array(a: Any) -> bool:
     return isinstance(a, (jax.Array, jax.core.Tracer))
 
 
-def _intercept(remat: str | None, next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
+def _intercept(remat: str | None, budget: ResidualBudget | None, next_fun: Callable, args: tuple, kwargs: dict,
+               context: Any) -> Any:
     module = context.module
     if (getattr(_TRACING, 'active', False) or context.method_name != '__call__' or module.parent is None or kwargs
             or not isinstance(module, tuple(OP_TYPES)) or not all(_is_array(a) for a in args)):
@@ -151,36 +209,41 @@ def _intercept(remat: str | None, next_fun: Callable, args: tuple, kwargs: dict,
     op = module.clone(parent=None, name=None)
     if remat is None:
         return _run_op(op, params, tuple(args))
-    return _run_op_with_vjp(op, remat, params, tuple(args))
+    return _run_op_with_vjp(op, remat, params, tuple(args), budget)
 
 
 @contextlib.contextmanager
-def per_op(remat: str | None = None):
+def per_op(remat: str | None = None, budget: ResidualBudget | None = None):
     """Context in which every registered op module call runs as a cached jitted op.
 
     With ``remat`` (one of ``REMAT_MODES``) each op's reverse-mode derivative runs as two cached executables, a
     forward that also returns what ``remat`` keeps for the backward pass and the backward pass itself; ``remat``
     trades that memory for recomputation. Without it (``None``), JAX differentiates the ops in either mode (as
-    forward gradients need).
+    forward gradients need). A ``budget`` caps what the ops keep, see :class:`ResidualBudget`.
     """
     if remat is not None and remat not in REMAT_MODES:
         raise ValueError(f'unknown remat mode {remat!r}; choose one of {REMAT_MODES}')
-    with nn.intercept_methods(functools.partial(_intercept, remat)):
+    with nn.intercept_methods(functools.partial(_intercept, remat, budget)):
         yield
 
 
-def forward(module: nn.Module, params: Any, x: jax.Array, remat: str | None = None) -> jax.Array:
+def forward(module: nn.Module, params: Any, x: jax.Array, remat: str | None = None,
+            budget: ResidualBudget | None = None) -> jax.Array:
     """Logits of ``module`` with ``params`` (differentiable, also under ``jax.jvp`` when ``remat`` is None)."""
-    with per_op(remat):
+    with per_op(remat, budget):
         return module.apply({'params': params}, x)
 
 
 def loss_and_grads(module: nn.Module, params: Any, x: jax.Array, y: jax.Array,
                    loss_fn: Callable[[jax.Array, jax.Array], jax.Array],
-                   remat: str = 'none') -> tuple[jax.Array, jax.Array, Any]:
-    """(loss, logits, d loss / d params) of one network on one batch, run op by op (``remat``: see ``per_op``)."""
+                   remat: str = 'none', max_residual_bytes: float | None = None
+                   ) -> tuple[jax.Array, jax.Array, Any]:
+    """(loss, logits, d loss / d params) of one network on one batch, run op by op (``remat``: see ``per_op``).
+    ``max_residual_bytes`` caps what its ops hold between the passes (:class:`ResidualBudget`)."""
+    budget = None if max_residual_bytes is None else ResidualBudget(max_residual_bytes)
+
     def objective(p):
-        logits = forward(module, p, x, remat)
+        logits = forward(module, p, x, remat, budget)
         return loss_fn(logits, y), logits
     (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(params)
     return loss, logits, grads
@@ -190,5 +253,5 @@ def clear_cache() -> None:
     """Drop every cached op executable (they cost a few MB each)."""
     for fn in (_run_op, _op_forward, _op_backward):
         fn.clear_cache()
-    _PULLBACK_TREES.clear()
+    _PULLBACK_LAYOUTS.clear()
     jax.clear_caches()

@@ -250,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         jax.distributed.initialize()
     if config.get('compilation_cache_dir'):
         compilation_cache.enable(config.compilation_cache_dir)
-    targets.set_backend(config.get('target_backend', 'per_op'))
+    targets.set_backend(config.get('target_backend', 'per_op'), config.get('target_residual_budget_gb', 0.0))
     if jax.default_backend() == 'cpu' and not host_memory.tcmalloc_active():
         logging.warning('meta-training on CPU runs ~1.5x faster under tcmalloc (page faults of fresh buffers, see '
                         'ghn_jax/host_memory.py): %s', 'run `python -m ghn_jax.train.main`, which restarts under it'

@@ -20,14 +20,18 @@ import optax
 #: per-op back-end -> what each op keeps for its backward pass (``executor.REMAT_MODES``)
 PER_OP_REMAT = {'per_op': 'conv_outputs', 'per_op_keep_all': 'none', 'per_op_remat': 'full'}
 BACKENDS = (*PER_OP_REMAT, 'whole_net')
-BACKEND = {'name': 'per_op'}
+BACKEND = {'name': 'per_op', 'residual_budget_gb': 0.0}
 
 
-def set_backend(name: str) -> None:
-    """Choose one of ``BACKENDS`` to execute target networks."""
+def set_backend(name: str, residual_budget_gb: float = 0.0) -> None:
+    """Choose one of ``BACKENDS`` to execute target networks. A per-op back-end with ``residual_budget_gb`` > 0 holds
+    at most that much of what each net's ops compute for its backward pass; past it, the earliest ops run their
+    forward again in the backward pass (``executor.ResidualBudget``)."""
     if name not in BACKENDS:
         raise ValueError(f'unknown target-net backend {name!r}; choose one of {BACKENDS}')
-    BACKEND['name'] = name
+    if residual_budget_gb < 0:
+        raise ValueError(f'residual_budget_gb must be >= 0 (0: no cap), got {residual_budget_gb}')
+    BACKEND.update(name=name, residual_budget_gb=float(residual_budget_gb))
 
 
 def _executor():
@@ -60,8 +64,10 @@ def net_loss_and_grads(module: nn.Module, params: Any, x: jax.Array, y: jax.Arra
     """(mean loss, logits, d loss / d params) of ``module`` with ``params`` on one batch."""
     ex = _executor()
     if ex is not None:
+        budget = BACKEND['residual_budget_gb']
         return ex.loss_and_grads(module, params, x, y, loss_fn=functools.partial(
-            cross_entropy, label_smoothing=label_smoothing), remat=PER_OP_REMAT[BACKEND['name']])
+            cross_entropy, label_smoothing=label_smoothing), remat=PER_OP_REMAT[BACKEND['name']],
+            max_residual_bytes=budget * 2**30 if budget else None)
     (loss, logits), grads = _whole_net_fns(module, float(label_smoothing))[0](params, x, y)
     return loss, logits, grads
 
