@@ -116,12 +116,12 @@ def _op_forward(module: nn.Module, remat: str, signature: tuple, params: Any, ar
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _op_backward(pullback_tree: Any, from_inputs: tuple, computed: list, inputs: list, cotangent: Any
+def _op_backward(pullback_tree: Any, from_inputs: tuple, computed: list, own: list, cotangent: Any
                  ) -> tuple[Any, tuple]:
     """Cotangents of the op's params and inputs, from its residuals and output cotangent, as one executable.
-    ``computed`` are the residuals the forward returned, ``inputs`` the op's param and input leaves it keeps."""
-    computed, inputs = iter(computed), iter(inputs)
-    residuals = [next(computed) if i is None else next(inputs) for i in from_inputs]
+    ``computed`` are the residuals the forward returned, ``own`` the op's param and input leaves."""
+    computed = iter(computed)
+    residuals = [next(computed) if i is None else own[i] for i in from_inputs]
     return jax.tree_util.tree_unflatten(pullback_tree, residuals)(cotangent)
 
 
@@ -136,23 +136,25 @@ class ResidualBudget:
 
     def __init__(self, max_bytes: float):
         self.max_bytes = max_bytes
-        self.held: collections.OrderedDict[int, list] = collections.OrderedDict()   # op call -> arrays, in order
+        # op call -> (arrays, their bytes), in call order
+        self.held: collections.OrderedDict[int, tuple[list, int]] = collections.OrderedDict()
         self.bytes = 0
         self.recomputed = 0
 
     def hold(self, key: int, arrays: list) -> None:
-        self.held[key] = arrays
-        self.bytes += sum(a.nbytes for a in arrays)
+        nbytes = sum(a.nbytes for a in arrays)
+        self.held[key] = (arrays, nbytes)
+        self.bytes += nbytes
         while self.bytes > self.max_bytes and self.held:
-            self.bytes -= sum(a.nbytes for a in self.held.popitem(last=False)[1])
+            self.bytes -= self.held.popitem(last=False)[1][1]
 
     def take(self, key: int) -> list | None:
         """The arrays held for op call ``key``, or None when they were dropped."""
-        arrays = self.held.pop(key, None)
-        if arrays is None:
+        if key not in self.held:
             self.recomputed += 1
-        else:
-            self.bytes -= sum(a.nbytes for a in arrays)
+            return None
+        arrays, nbytes = self.held.pop(key)
+        self.bytes -= nbytes
         return arrays
 
 
@@ -185,8 +187,7 @@ def _run_op_with_vjp(module: nn.Module, remat: str, params: Any, args: tuple,
             computed = budget.take(key)
             if computed is None:
                 computed = _op_forward(module, remat, signature, p, a)[1]
-        own = jax.tree_util.tree_leaves((p, a))
-        return _op_backward(*layout[0], computed, [own[i] for i in layout[0][1] if i is not None], cotangent)
+        return _op_backward(*layout[0], computed, jax.tree_util.tree_leaves((p, a)), cotangent)
 
     op.defvjp(op_fwd, op_bwd)
     return op(params, args)
