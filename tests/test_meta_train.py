@@ -1,4 +1,5 @@
 """Meta-training: per-op execution (no whole-net compiles), exact resume after kill -9, data parallelism, NaN guard."""
+import contextlib
 import json
 import logging
 import os
@@ -143,6 +144,73 @@ def test_ops_keep_an_input_once_and_a_budget_drops_what_they_computed():
     kept_budget, grads_budget = kept_bytes_and_grads('conv_outputs', budget)
     assert kept_budget == kept and budget.bytes == 0 and budget.recomputed == 2
     assert _max_abs_diff(grads_budget, grads_conv) < 1e-6 and _max_abs_diff(grads, grads_conv) < 1e-6
+
+
+@pytest.mark.parametrize('make_op, extra_kept', [
+    # attention's output (x's size) and row log-sum-exps (batch, tokens, heads, 1): attention never runs twice
+    (lambda: deepnets.Transformer(16, name='op'), lambda x: x.nbytes + 2 * 16 * 8 * 4),
+    # the two 1x1 convs' outputs and the two batch norms' mean and gain; the depthwise outputs are recomputed
+    (lambda: deepnets.SepConv(16, 3, name='op'), lambda x: 2 * x.nbytes + 2 * 2 * 16 * 4),
+])
+def test_what_an_op_keeps_under_conv_outputs(make_op, extra_kept):
+    """Under ``conv_outputs`` an op keeps its inputs and the named arrays of ``executor.KEPT_NAMES``, nothing else;
+    gradients equal keeping everything."""
+    class Holder(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return make_op()(x)
+
+    module = Holder()
+    x = jax.random.normal(jax.random.key(1), (2, 4, 4, 16))
+    params = module.init(jax.random.key(0), x)['params']
+
+    def kept_bytes_and_grads(remat):
+        def loss(p):
+            with executor.per_op(remat):
+                return (module.apply({'params': p}, x) ** 2).sum()
+        _, pullback = jax.vjp(loss, params)
+        kept = {a.unsafe_buffer_pointer(): a.nbytes for a in jax.tree_util.tree_leaves(pullback)
+                if isinstance(a, jax.Array)}
+        return sum(kept.values()), pullback(jnp.ones(()))
+
+    kept_full, grads_full = kept_bytes_and_grads('full')
+    kept_conv, grads_conv = kept_bytes_and_grads('conv_outputs')
+    _, grads_all = kept_bytes_and_grads('none')
+    assert kept_conv == kept_full + extra_kept(x)
+    tolerance = 1e-6 * max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(grads_all))
+    assert _max_abs_diff(grads_conv, grads_all) < tolerance and _max_abs_diff(grads_full, grads_all) < tolerance
+
+
+def test_backward_computes_no_cotangent_for_constant_inputs(monkeypatch):
+    """The first conv's input is the images, a constant: its backward executable returns the filter gradient only.
+    When the input is differentiated, its gradient is there and equals the plain one."""
+    class Stem(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return deepnets.ReLUConvBN(4, 3, name='cell')(nn.Conv(4, (3, 3), name='stem')(x))
+
+    module = Stem()
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    params = module.init(jax.random.key(0), x)['params']
+    returned = []
+    backward = executor._op_backward
+
+    def recording_backward(*args):
+        out = backward(*args)
+        returned.extend(a.shape for a in out)
+        return out
+    monkeypatch.setattr(executor, '_op_backward', recording_backward)
+
+    def loss(p, x, per_op=True):
+        with executor.per_op('conv_outputs') if per_op else contextlib.nullcontext():
+            return (module.apply({'params': p}, x) ** 2).sum()
+    jax.grad(loss)(params, x)
+    assert returned and x.shape not in returned
+    returned.clear()
+    grads = jax.grad(loss, argnums=(0, 1))(params, x)
+    assert x.shape in returned
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(grads))
+    assert _max_abs_diff(grads, jax.grad(loss, argnums=(0, 1))(params, x, per_op=False)) < 1e-5 * scale
 
 
 def test_residual_budget_drops_the_earliest_ops_first():

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 from jax.custom_derivatives import SymbolicZero, linear_call
 
 Pair = tuple[int, int]
@@ -440,6 +441,9 @@ def avg_pool2d(x: jax.Array, kernel: int | Sequence[int], stride: int | Sequence
 
 #: Attention scores held at once (groups x queries x keys floats): 4 MB chunks stay in the CPU caches.
 ATTENTION_CHUNK_ELEMENTS = 1 << 20
+#: ``checkpoint_name`` of attention's output and row log-sum-exps, all its backward pass needs besides q, k, v: a
+#: ``jax.checkpoint`` policy that keeps them never runs the attention forward twice.
+ATTENTION_OUTPUT = 'attention_output'
 
 
 def _attention_groups(x: jax.Array) -> jax.Array:
@@ -534,7 +538,7 @@ def _attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Ar
 
 
 def _attention_jvp(scale, primals, tangents):
-    out, lse = _attention_forward(*primals, scale)
+    out, lse = (checkpoint_name(a, ATTENTION_OUTPUT) for a in _attention_forward(*primals, scale))
     present = tuple(not isinstance(t, SymbolicZero) for t in tangents)
     if not any(present):
         return out, jnp.zeros_like(out)

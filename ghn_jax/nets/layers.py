@@ -25,8 +25,11 @@ from flax.linen.dtypes import promote_dtype
 from ghn_jax.nets.kernels import avg_pool2d, conv2d, depthwise_conv2d, max_pool2d
 
 TORCH_BN_EPS = 1e-5
-#: ``checkpoint_name`` of every conv's output: a ``jax.checkpoint`` policy can keep these and recompute the rest.
+#: ``checkpoint_name`` of every dense conv's output: a ``jax.checkpoint`` policy can keep these and recompute the rest.
 CONV_OUTPUT = 'conv_output'
+#: ``checkpoint_name`` of depthwise convs' outputs: cheap to recompute (a depthwise forward is a few k^2 multiply-adds
+#: per element, ~1/7 of its backward pass), so the executor does not keep them.
+DEPTHWISE_OUTPUT = 'depthwise_output'
 #: ``checkpoint_name`` of the per-channel statistics of :class:`BatchNorm` (cheap to keep, a pass over the map to redo).
 NORM_STATISTICS = 'norm_statistics'
 
@@ -126,17 +129,19 @@ class FastConv(nn.Conv):
         padding = tuple(tuple(p) for p in self.padding)
         dilation = tuple(self.kernel_dilation or (1, 1))
         custom = not in_graph_trace()   # a graph trace needs no custom gradient, only the data flow
+        name = CONV_OUTPUT
         if groups == 1 and custom:
             y = conv2d(inputs, kernel, self.strides or 1, padding, dilation)
         elif groups == self.features == channels and custom:
             y = depthwise_conv2d(inputs, kernel, self.strides or 1, padding, dilation)
+            name = DEPTHWISE_OUTPUT
         else:
             y = jax.lax.conv_general_dilated(inputs, kernel, tuple(self.strides or (1, 1)), padding,
                                              rhs_dilation=dilation, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                              feature_group_count=groups, precision=self.precision)
         if not custom:   # a graph trace needs no bias add either
             return y
-        y = checkpoint_name(y, CONV_OUTPUT)
+        y = checkpoint_name(y, name)
         return y if bias is None else y + bias
 
 

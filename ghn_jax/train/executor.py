@@ -28,7 +28,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 
-from ghn_jax.nets import deepnets, layers
+from ghn_jax.nets import deepnets, kernels, layers
 
 #: Module types executed as one cached jitted function per signature. Compound DARTS ops come first; the Flax
 #: layers make any network built from them (zoo nets, stems, classifiers, user modules) run per layer.
@@ -58,16 +58,17 @@ STATS = Stats()
 
 
 #: What an op keeps for the backward pass. ``'none'``: every intermediate its gradient needs; ``'full'``: only its
-#: inputs, everything inside recomputed; ``'conv_outputs'``: its inputs, its convolutions' outputs and its batch
-#: norms' statistics, the cheap element-wise work in between recomputed (no convolution or reduction runs twice).
+#: inputs, everything inside recomputed; ``'conv_outputs'``: its inputs and the :data:`KEPT_NAMES` arrays (outputs
+#: of dense convolutions and attention, batch-norm statistics); the element-wise work, depthwise convs and dense
+#: layers in between are recomputed (no dense convolution, attention or reduction runs twice).
 REMAT_MODES = ('none', 'full', 'conv_outputs')
+KEPT_NAMES = (layers.CONV_OUTPUT, layers.NORM_STATISTICS, kernels.ATTENTION_OUTPUT)
 
 
 def _rematerialised(apply: Callable, remat: str) -> Callable:
     if remat == 'none':
         return apply
-    policy = (jax.checkpoint_policies.save_only_these_names(layers.CONV_OUTPUT, layers.NORM_STATISTICS)
-              if remat == 'conv_outputs' else None)
+    policy = jax.checkpoint_policies.save_only_these_names(*KEPT_NAMES) if remat == 'conv_outputs' else None
     return jax.checkpoint(apply, policy=policy)
 
 
@@ -115,14 +116,16 @@ def _op_forward(module: nn.Module, remat: str, signature: tuple, params: Any, ar
     return out, [r for r, i in zip(residuals, from_inputs) if i is None]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _op_backward(pullback_tree: Any, from_inputs: tuple, computed: list, own: list, cotangent: Any
-                 ) -> tuple[Any, tuple]:
-    """Cotangents of the op's params and inputs, from its residuals and output cotangent, as one executable.
-    ``computed`` are the residuals the forward returned, ``own`` the op's param and input leaves."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _op_backward(pullback_tree: Any, from_inputs: tuple, wanted: tuple[bool, ...], computed: list, own: list,
+                 cotangent: Any) -> list:
+    """Cotangents of the op's ``wanted`` param and input leaves (in leaf order), from its residuals and output
+    cotangent, as one executable. ``computed`` are the residuals the forward returned, ``own`` the op's param and
+    input leaves. Cotangents nobody wants (the images' under the first conv) are not computed at all."""
     computed = iter(computed)
     residuals = [next(computed) if i is None else own[i] for i in from_inputs]
-    return jax.tree_util.tree_unflatten(pullback_tree, residuals)(cotangent)
+    cotangents = jax.tree_util.tree_leaves(jax.tree_util.tree_unflatten(pullback_tree, residuals)(cotangent))
+    return [c for c, keep in zip(cotangents, wanted) if keep]
 
 
 class ResidualBudget:
@@ -166,6 +169,8 @@ def _run_op_with_vjp(module: nn.Module, remat: str, params: Any, args: tuple,
     With a ``budget``, what the op computed for its backward pass is held there instead (and may be dropped)."""
     leaves, tree = jax.tree_util.tree_flatten((params, args))
     signature = (module, remat, tree, tuple((a.shape, a.dtype) for a in leaves))
+    # Only tracers can carry a derivative; a concrete array (the input images) needs no cotangent.
+    wanted = tuple(isinstance(a, jax.core.Tracer) for a in leaves)
 
     @jax.custom_vjp
     def op(p, a):
@@ -187,7 +192,8 @@ def _run_op_with_vjp(module: nn.Module, remat: str, params: Any, args: tuple,
             computed = budget.take(key)
             if computed is None:
                 computed = _op_forward(module, remat, signature, p, a)[1]
-        return _op_backward(*layout[0], computed, jax.tree_util.tree_leaves((p, a)), cotangent)
+        cotangents = iter(_op_backward(*layout[0], wanted, computed, jax.tree_util.tree_leaves((p, a)), cotangent))
+        return jax.tree_util.tree_unflatten(tree, [next(cotangents) if keep else None for keep in wanted])
 
     op.defvjp(op_fwd, op_bwd)
     return op(params, args)

@@ -2,8 +2,9 @@
 
 Back-ends, same results:
   * ``per_op`` (default when available): :mod:`ghn_jax.train.executor` runs each op through a jitted function
-    cached by op signature, so a never-seen architecture reuses compiled code. Each op keeps its inputs, conv
-    outputs and norm statistics for the backward pass and redoes the element-wise rest (``executor.REMAT_MODES``);
+    cached by op signature, so a never-seen architecture reuses compiled code. Each op keeps its inputs, dense
+    conv and attention outputs and norm statistics for the backward pass and redoes the rest, depthwise convs
+    included (``executor.KEPT_NAMES``);
   * ``per_op_keep_all``: the same, keeping every intermediate (more memory, no recomputation);
   * ``per_op_remat``: the same, keeping only each op's inputs (least memory, convolutions run twice);
   * ``whole_net``: one ``jax.jit`` per architecture (simple, but compiles every new architecture).

@@ -1,0 +1,113 @@
+"""What target-net ops keep and compute for the backward pass, before and after 2026-12-04 (A/B, prints JSON).
+
+Runs the nets of the given replayed steps (../shared/bench/deepnets_train_metabatches.json, 64 random 32x32 images)
+forward and backward op by op, alternating two variants in one process so that the machine's drift cancels:
+
+* ``before``: ops keep their depthwise convs' outputs, recompute attention in the backward pass (nothing in a
+  Transformer block was named), and the first conv also computes a cotangent for the images;
+* ``after``: the default ``conv_outputs`` policy (``executor.KEPT_NAMES``) and no image cotangent.
+
+Reports seconds per pass over all nets, the largest net's bytes computed for its backward pass, and the largest
+gradient difference between the variants.
+
+    python benchmarks/kept_arrays_ab.py [--steps 3,5] [--rounds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ghn_jax import host_memory
+from ghn_jax.hypernet.ghn import GHNConfig
+from ghn_jax.nets import layers
+from ghn_jax.train import executor, targets
+
+from meta_train import BENCH, load_step, random_like  # benchmarks/meta_train.py
+
+BEFORE_NAMES = (layers.CONV_OUTPUT, layers.NORM_STATISTICS, layers.DEPTHWISE_OUTPUT)
+
+
+def install_before_mode() -> None:
+    """A remat mode ``'before'`` that keeps what ops kept before (patched in; the library has no such mode)."""
+    executor.REMAT_MODES = executor.REMAT_MODES + ('before',)
+    rematerialised = executor._rematerialised
+
+    def patched(apply, remat):
+        if remat == 'before':
+            return jax.checkpoint(apply, policy=jax.checkpoint_policies.save_only_these_names(*BEFORE_NAMES))
+        return rematerialised(apply, remat)
+    executor._rematerialised = patched
+
+
+def count_computed_bytes(counter: list[int]) -> None:
+    forward = executor._op_forward
+
+    def counting(module, remat, signature, params, args):
+        out, computed = forward(module, remat, signature, params, args)
+        counter[0] += sum(a.nbytes for a in computed)
+        return out, computed
+    executor._op_forward = counting
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--steps', default='3,5')
+    parser.add_argument('--rounds', type=int, default=3)
+    args = parser.parse_args()
+    host_memory.use_tcmalloc()
+    install_before_mode()
+    computed = [0]
+    count_computed_bytes(computed)
+
+    batches = json.load(open(BENCH))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((64, 32, 32, 3)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, 64).astype(np.int32))
+    nets = []
+    for step in (int(s) for s in args.steps.split(',')):
+        for module in load_step(batches[step]['nets'], GHNConfig())[0]:
+            shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), x))['params']
+            nets.append((module, random_like(shapes)))
+
+    def grads_before(module, params):
+        def objective(p, images):   # the images differentiated too: their cotangent is computed, as before
+            return targets.cross_entropy(executor.forward(module, p, images, 'before'), y)
+        return jax.grad(objective, argnums=(0, 1))(params, x)[0]
+
+    def grads_after(module, params):
+        return executor.loss_and_grads(module, params, x, y, targets.cross_entropy, remat='conv_outputs')[2]
+
+    variants = {'before': grads_before, 'after': grads_after}
+
+    def run(name):
+        largest, grads, start = 0, [], time.perf_counter()
+        for module, params in nets:
+            computed[0] = 0
+            grads.append(jax.block_until_ready(variants[name](module, params)))
+            largest = max(largest, computed[0])
+        return time.perf_counter() - start, largest, grads
+
+    for name in variants:   # compile
+        run(name)
+    seconds, largest, grads = {name: [] for name in variants}, {}, {}
+    for i in range(args.rounds):
+        for name in (('before', 'after') if i % 2 == 0 else ('after', 'before')):
+            dt, largest[name], grads[name] = run(name)
+            seconds[name].append(round(dt, 2))
+    diff = max(float(jnp.max(jnp.abs(a - b))) for ga, gb in zip(grads['before'], grads['after'])
+               for a, b in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)))
+    print(json.dumps({
+        'benchmark': 'kept_arrays_ab', 'steps': args.steps, 'nets': len(nets), 'seconds_per_pass': seconds,
+        'median_ratio_after_before': round(statistics.median(seconds['after']) / statistics.median(seconds['before']), 3),
+        'largest_net_computed_gb': {k: round(v / 2**30, 3) for k, v in largest.items()},
+        'max_abs_grad_diff': diff, 'allocator': host_memory.allocator_name()}, indent=1))
+
+
+if __name__ == '__main__':
+    main()
