@@ -43,6 +43,16 @@ def _max_abs_diff(a, b):
                for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
+def _max_abs(tree):
+    return max(float(np.max(np.abs(np.asarray(x)))) for x in jax.tree_util.tree_leaves(tree))
+
+
+def _kept_buffers(pullback) -> dict[int, int]:
+    """The distinct buffers a pullback holds for the backward pass: address -> bytes."""
+    return {a.unsafe_buffer_pointer(): a.nbytes for a in jax.tree_util.tree_leaves(pullback)
+            if isinstance(a, jax.Array)}
+
+
 @pytest.mark.parametrize('arg, num_steps', [(None, 3000), ('4500', 4500)])
 def test_fashion_config_drops_the_learning_rate_at_two_thirds_and_five_sixths(arg, num_steps):
     from configs import fashion_mnist_cpu
@@ -103,9 +113,7 @@ def test_remat_modes_keep_less_for_the_backward_pass():
         def loss(p):
             with executor.per_op(mode):
                 return targets.cross_entropy(module.apply({'params': p}, x), y)
-        _, pullback = jax.vjp(loss, params)
-        residuals = {id(a): a for a in jax.tree_util.tree_leaves(pullback) if isinstance(a, jax.Array)}
-        return sum(a.nbytes for a in residuals.values())
+        return sum(_kept_buffers(jax.vjp(loss, params)[1]).values())
 
     kept = {mode: kept_bytes(mode) for mode in executor.REMAT_MODES}
     assert kept['none'] > 1.5 * kept['conv_outputs'] > 1.5 * kept['full'], kept
@@ -131,8 +139,7 @@ def test_ops_keep_an_input_once_and_a_budget_drops_what_they_computed():
             with executor.per_op(remat, budget):
                 return module.apply({'params': p}, x).sum()
         _, pullback = jax.vjp(loss, params, x)
-        kept = {a.unsafe_buffer_pointer(): a.nbytes for a in jax.tree_util.tree_leaves(pullback)
-                if isinstance(a, jax.Array)}
+        kept = _kept_buffers(pullback)
         assert x.unsafe_buffer_pointer() in kept
         return sum(kept.values()), pullback(jnp.ones(()))
 
@@ -169,15 +176,13 @@ def test_what_an_op_keeps_under_conv_outputs(make_op, extra_kept):
             with executor.per_op(remat):
                 return (module.apply({'params': p}, x) ** 2).sum()
         _, pullback = jax.vjp(loss, params)
-        kept = {a.unsafe_buffer_pointer(): a.nbytes for a in jax.tree_util.tree_leaves(pullback)
-                if isinstance(a, jax.Array)}
-        return sum(kept.values()), pullback(jnp.ones(()))
+        return sum(_kept_buffers(pullback).values()), pullback(jnp.ones(()))
 
     kept_full, grads_full = kept_bytes_and_grads('full')
     kept_conv, grads_conv = kept_bytes_and_grads('conv_outputs')
     _, grads_all = kept_bytes_and_grads('none')
     assert kept_conv == kept_full + extra_kept(x)
-    tolerance = 1e-6 * max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(grads_all))
+    tolerance = 1e-6 * _max_abs(grads_all)
     assert _max_abs_diff(grads_conv, grads_all) < tolerance and _max_abs_diff(grads_full, grads_all) < tolerance
 
 
@@ -209,8 +214,7 @@ def test_backward_computes_no_cotangent_for_constant_inputs(monkeypatch):
     returned.clear()
     grads = jax.grad(loss, argnums=(0, 1))(params, x)
     assert x.shape in returned
-    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(grads))
-    assert _max_abs_diff(grads, jax.grad(loss, argnums=(0, 1))(params, x, per_op=False)) < 1e-5 * scale
+    assert _max_abs_diff(grads, jax.grad(loss, argnums=(0, 1))(params, x, per_op=False)) < 1e-5 * _max_abs(grads)
 
 
 def test_residual_budget_drops_the_earliest_ops_first():
