@@ -1,16 +1,18 @@
-"""What target-net ops keep and compute for the backward pass, before and after 2026-12-04 (A/B, prints JSON).
+"""What target-net ops keep and compute for the backward pass: two variants A/B (prints JSON).
 
 Runs the nets of the given replayed steps (../shared/bench/deepnets_train_metabatches.json, 64 random 32x32 images)
-forward and backward op by op, alternating two variants in one process so that the machine's drift cancels:
+forward and backward op by op, alternating two variants in one process so that the machine's drift cancels. A
+variant is one of ``executor.REMAT_MODES`` or
 
-* ``before``: ops keep their depthwise convs' outputs, recompute attention in the backward pass (nothing in a
-  Transformer block was named), and the first conv also computes a cotangent for the images;
-* ``after``: the default ``conv_outputs`` policy (``executor.KEPT_NAMES``) and no image cotangent.
+* ``before``: what ops kept before 2026-12-04 06:00: their depthwise convs' outputs, attention recomputed in the
+  backward pass (nothing in a Transformer block was named), and the first conv also computing a cotangent for the
+  images.
 
 Reports seconds per pass over all nets, the largest net's bytes computed for its backward pass, and the largest
 gradient difference between the variants.
 
-    python benchmarks/kept_arrays_ab.py [--steps 3,5] [--rounds 3]
+    python benchmarks/kept_arrays_ab.py [--steps 3,5] [--rounds 3] [--variants before,conv_outputs]
+    python benchmarks/kept_arrays_ab.py --variants all_conv_outputs,conv_outputs   # 1x1 outputs kept or redone
 """
 from __future__ import annotations
 
@@ -59,6 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--steps', default='3,5')
     parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--variants', default='before,conv_outputs', help='two of: before, ' +
+                        ', '.join(executor.REMAT_MODES))
     args = parser.parse_args()
     host_memory.use_tcmalloc()
     install_before_mode()
@@ -80,10 +84,11 @@ def main() -> None:
             return targets.cross_entropy(executor.forward(module, p, images, 'before'), y)
         return jax.grad(objective, argnums=(0, 1))(params, x)[0]
 
-    def grads_after(module, params):
-        return executor.loss_and_grads(module, params, x, y, targets.cross_entropy, remat='conv_outputs')[2]
+    def grads_of_mode(mode):
+        return lambda module, params: executor.loss_and_grads(module, params, x, y, targets.cross_entropy, mode)[2]
 
-    variants = {'before': grads_before, 'after': grads_after}
+    first, second = args.variants.split(',')
+    variants = {name: grads_before if name == 'before' else grads_of_mode(name) for name in (first, second)}
 
     def run(name):
         largest, grads, start = 0, [], time.perf_counter()
@@ -97,14 +102,14 @@ def main() -> None:
         run(name)
     seconds, largest, grads = {name: [] for name in variants}, {}, {}
     for i in range(args.rounds):
-        for name in (('before', 'after') if i % 2 == 0 else ('after', 'before')):
+        for name in ((first, second) if i % 2 == 0 else (second, first)):
             dt, largest[name], grads[name] = run(name)
             seconds[name].append(round(dt, 2))
-    diff = max(float(jnp.max(jnp.abs(a - b))) for ga, gb in zip(grads['before'], grads['after'])
+    diff = max(float(jnp.max(jnp.abs(a - b))) for ga, gb in zip(grads[first], grads[second])
                for a, b in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)))
     print(json.dumps({
         'benchmark': 'kept_arrays_ab', 'steps': args.steps, 'nets': len(nets), 'seconds_per_pass': seconds,
-        'median_ratio_after_before': round(statistics.median(seconds['after']) / statistics.median(seconds['before']), 3),
+        f'median_ratio_{second}_{first}': round(statistics.median(seconds[second]) / statistics.median(seconds[first]), 3),
         'largest_net_computed_gb': {k: round(v / 2**30, 3) for k, v in largest.items()},
         'max_abs_grad_diff': diff, 'allocator': host_memory.allocator_name()}, indent=1))
 

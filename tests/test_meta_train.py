@@ -153,15 +153,21 @@ def test_ops_keep_an_input_once_and_a_budget_drops_what_they_computed():
     assert _max_abs_diff(grads_budget, grads_conv) < 1e-6 and _max_abs_diff(grads, grads_conv) < 1e-6
 
 
-@pytest.mark.parametrize('make_op, extra_kept', [
+@pytest.mark.parametrize('make_op, remat, extra_kept', [
     # attention's output (x's size) and row log-sum-exps (batch, tokens, heads, 1): attention never runs twice
-    (lambda: deepnets.Transformer(16, name='op'), lambda x: x.nbytes + 2 * 16 * 8 * 4),
-    # the two 1x1 convs' outputs and the two batch norms' mean and gain; the depthwise outputs are recomputed
-    (lambda: deepnets.SepConv(16, 3, name='op'), lambda x: 2 * x.nbytes + 2 * 2 * 16 * 4),
+    (lambda: deepnets.Transformer(16, name='op'), 'conv_outputs', lambda x: x.nbytes + 2 * 16 * 8 * 4),
+    # the two batch norms' mean and gain; the depthwise and 1x1 convs' outputs are recomputed
+    (lambda: deepnets.SepConv(16, 3, name='op'), 'conv_outputs', lambda x: 2 * 2 * 16 * 4),
+    # ... unless 1x1 outputs are kept too
+    (lambda: deepnets.SepConv(16, 3, name='op'), 'all_conv_outputs', lambda x: 2 * x.nbytes + 2 * 2 * 16 * 4),
+    # a 3x3 conv's output and its norm's mean and gain
+    (lambda: deepnets.ReLUConvBN(16, 3, name='op'), 'conv_outputs', lambda x: x.nbytes + 2 * 16 * 4),
+    # a cell's input preprocessing (1x1 conv): its norm's mean and gain only
+    (lambda: deepnets.ReLUConvBN(16, 1, name='op'), 'conv_outputs', lambda x: 2 * 16 * 4),
 ])
-def test_what_an_op_keeps_under_conv_outputs(make_op, extra_kept):
-    """Under ``conv_outputs`` an op keeps its inputs and the named arrays of ``executor.KEPT_NAMES``, nothing else;
-    gradients equal keeping everything."""
+def test_what_an_op_keeps_under_conv_outputs(make_op, remat, extra_kept):
+    """Under ``conv_outputs`` an op keeps its inputs and the named arrays of ``executor.KEPT_NAMES``, nothing else
+    (``all_conv_outputs``: also its 1x1 convs' outputs); gradients equal keeping everything."""
     class Holder(nn.Module):
         @nn.compact
         def __call__(self, x):
@@ -179,7 +185,7 @@ def test_what_an_op_keeps_under_conv_outputs(make_op, extra_kept):
         return sum(_kept_buffers(pullback).values()), pullback(jnp.ones(()))
 
     kept_full, grads_full = kept_bytes_and_grads('full')
-    kept_conv, grads_conv = kept_bytes_and_grads('conv_outputs')
+    kept_conv, grads_conv = kept_bytes_and_grads(remat)
     _, grads_all = kept_bytes_and_grads('none')
     assert kept_conv == kept_full + extra_kept(x)
     tolerance = 1e-6 * _max_abs(grads_all)

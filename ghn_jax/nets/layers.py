@@ -30,6 +30,9 @@ CONV_OUTPUT = 'conv_output'
 #: ``checkpoint_name`` of depthwise convs' outputs: cheap to recompute (a depthwise forward is a few k^2 multiply-adds
 #: per element, ~1/7 of its backward pass), so the executor does not keep them.
 DEPTHWISE_OUTPUT = 'depthwise_output'
+#: ``checkpoint_name`` of the outputs of 1x1 dense convs: one matmul per pixel to redo, so the executor recomputes them
+#: rather than keep a map per conv (the preprocessing of every cell input is one).
+POINTWISE_OUTPUT = 'pointwise_output'
 #: ``checkpoint_name`` of the per-channel statistics of :class:`BatchNorm` (cheap to keep, a pass over the map to redo).
 NORM_STATISTICS = 'norm_statistics'
 
@@ -132,6 +135,8 @@ class FastConv(nn.Conv):
         name = CONV_OUTPUT
         if groups == 1 and custom:
             y = conv2d(inputs, kernel, self.strides or 1, padding, dilation)
+            if kernel_size == (1, 1):
+                name = POINTWISE_OUTPUT
         elif groups == self.features == channels and custom:
             y = depthwise_conv2d(inputs, kernel, self.strides or 1, padding, dilation)
             name = DEPTHWISE_OUTPUT

@@ -30,7 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.lr_milestones = (200, 250)
     c.num_steps = -1            # -1: epochs * steps per epoch
     c.grad_estimator = 'bp'     # 'bp' or 'fg' (forward gradients through the GHN, issue #5)
-    c.target_backend = 'per_op'  # or 'per_op_keep_all', 'per_op_remat' (see ghn_jax.train.targets), 'whole_net'
+    # or 'per_op_keep_1x1', 'per_op_keep_all', 'per_op_remat' (see ghn_jax.train.targets), 'whole_net'
+    c.target_backend = 'per_op'
     # Per target net, the most (GB) its ops hold between forward and backward; past it the earliest ops are run
     # again in the backward pass (ghn_jax.train.executor.ResidualBudget). 0: no cap.
     c.target_residual_budget_gb = 0.0

@@ -2,9 +2,10 @@
 
 Back-ends, same results:
   * ``per_op`` (default when available): :mod:`ghn_jax.train.executor` runs each op through a jitted function
-    cached by op signature, so a never-seen architecture reuses compiled code. Each op keeps its inputs, dense
-    conv and attention outputs and norm statistics for the backward pass and redoes the rest, depthwise convs
-    included (``executor.KEPT_NAMES``);
+    cached by op signature, so a never-seen architecture reuses compiled code. Each op keeps its inputs, k x k
+    conv and attention outputs and norm statistics for the backward pass and redoes the rest, depthwise and 1x1
+    convs included (``executor.KEPT_NAMES``);
+  * ``per_op_keep_1x1``: the same, also keeping 1x1 convs' outputs (~7% faster steps, ~0.45 GB more memory);
   * ``per_op_keep_all``: the same, keeping every intermediate (more memory, no recomputation);
   * ``per_op_remat``: the same, keeping only each op's inputs (least memory, convolutions run twice);
   * ``whole_net``: one ``jax.jit`` per architecture (simple, but compiles every new architecture).
@@ -19,7 +20,8 @@ import jax
 import optax
 
 #: per-op back-end -> what each op keeps for its backward pass (``executor.REMAT_MODES``)
-PER_OP_REMAT = {'per_op': 'conv_outputs', 'per_op_keep_all': 'none', 'per_op_remat': 'full'}
+PER_OP_REMAT = {'per_op': 'conv_outputs', 'per_op_keep_1x1': 'all_conv_outputs', 'per_op_keep_all': 'none',
+                'per_op_remat': 'full'}
 BACKENDS = (*PER_OP_REMAT, 'whole_net')
 BACKEND = {'name': 'per_op', 'residual_budget_gb': 0.0}
 
