@@ -61,7 +61,7 @@ STATS = Stats()
 #: inputs, everything inside recomputed; ``'conv_outputs'``: its inputs and the :data:`KEPT_NAMES` arrays (outputs
 #: of dense k x k convolutions and attention, batch-norm statistics); the element-wise work, depthwise and 1x1 convs
 #: and dense layers in between are recomputed (no k x k convolution, attention or reduction runs twice);
-#: ``'all_conv_outputs'``: the same and the 1x1 convs' outputs (~7% faster, ~0.45 GB more at the peak of the
+#: ``'all_conv_outputs'``: the same and the 1x1 convs' outputs (3-7% faster, ~0.4 GB more at the peak of the
 #: benchmark replay, docs/meta_training.md).
 REMAT_MODES = ('none', 'full', 'conv_outputs', 'all_conv_outputs')
 KEPT_NAMES = (layers.CONV_OUTPUT, layers.NORM_STATISTICS, kernels.ATTENTION_OUTPUT)

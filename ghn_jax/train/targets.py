@@ -5,7 +5,7 @@ Back-ends, same results:
     cached by op signature, so a never-seen architecture reuses compiled code. Each op keeps its inputs, k x k
     conv and attention outputs and norm statistics for the backward pass and redoes the rest, depthwise and 1x1
     convs included (``executor.KEPT_NAMES``);
-  * ``per_op_keep_1x1``: the same, also keeping 1x1 convs' outputs (~7% faster steps, ~0.45 GB more memory);
+  * ``per_op_keep_1x1``: the same, also keeping 1x1 convs' outputs (3-7% faster steps, ~0.4 GB more memory);
   * ``per_op_keep_all``: the same, keeping every intermediate (more memory, no recomputation);
   * ``per_op_remat``: the same, keeping only each op's inputs (least memory, convolutions run twice);
   * ``whole_net``: one ``jax.jit`` per architecture (simple, but compiles every new architecture).
