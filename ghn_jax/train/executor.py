@@ -65,12 +65,14 @@ STATS = Stats()
 #: benchmark replay, docs/meta_training.md).
 REMAT_MODES = ('none', 'full', 'conv_outputs', 'all_conv_outputs')
 KEPT_NAMES = (layers.CONV_OUTPUT, layers.NORM_STATISTICS, kernels.ATTENTION_OUTPUT)
+#: Remat mode -> the checkpoint names of what its ops keep besides their inputs ('full': none; 'none': everything).
+SAVED_NAMES = {'conv_outputs': KEPT_NAMES, 'all_conv_outputs': (*KEPT_NAMES, layers.POINTWISE_OUTPUT)}
 
 
 def _rematerialised(apply: Callable, remat: str) -> Callable:
     if remat == 'none':
         return apply
-    names = {'conv_outputs': KEPT_NAMES, 'all_conv_outputs': (*KEPT_NAMES, layers.POINTWISE_OUTPUT)}.get(remat)
+    names = SAVED_NAMES.get(remat)
     policy = None if names is None else jax.checkpoint_policies.save_only_these_names(*names)
     return jax.checkpoint(apply, policy=policy)
 
