@@ -321,6 +321,28 @@ def test_kill_minus_9_then_resume_equals_uninterrupted_run(tmp_path):
     assert _max_abs_diff(_ghn_params(killed), _ghn_params(str(tmp_path / 'straight'))) == 0.0
 
 
+def test_sigterm_saves_a_checkpoint_after_the_current_step_and_exits(tmp_path):
+    """``kill PID`` (a preemption notice) stops the run within a step, with a checkpoint of where it stopped."""
+    workdir = str(tmp_path / 'run')
+    overrides = ['--config.num_steps=200', '--config.checkpoint_every=1000', '--config.eval_archs=0']
+    proc = subprocess.Popen([sys.executable, '-m', 'ghn_jax.train.main', f'--config={ROOT}/configs/test.py',
+                             f'--workdir={workdir}', *overrides], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    metrics = os.path.join(workdir, 'metrics.jsonl')
+    t0 = time.time()
+    while not os.path.exists(metrics) or len(open(metrics).readlines()) < 3:   # log_every=1: a row per step
+        assert proc.poll() is None, f'training exited early:\n{proc.stderr.read().decode()[-3000:]}'
+        assert time.time() - t0 < 600, 'no steps logged in time'
+        time.sleep(0.05)
+    steps_before = len(open(metrics).readlines())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    saved = Checkpointer(workdir).latest_step()
+    assert steps_before <= saved <= steps_before + 2, (steps_before, saved)
+    assert f'preempted: checkpoint saved at step {saved}' in err.decode()
+
+
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
     config = _config(num_steps=2, checkpoint_every=1, eval_archs=0, export_npz=False)
     workdir = str(tmp_path / 'run')
