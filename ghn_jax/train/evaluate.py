@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import time
 from typing import Any
 
@@ -149,7 +150,7 @@ def plot(results: dict[str, Any], path: str) -> None:
     means = [results['summary'][k]['mean'] for k in names]
     ses = [results['summary'][k]['se'] for k in names]
     fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.5))
-    labels = [f"{n}\n(n={results['summary'][n]['n']})" for n in names]
+    labels = [f"{textwrap.fill(n.replace('_', ' '), 10)}\n(n={results['summary'][n]['n']})" for n in names]
     def colour(name: str):  # grey: random init; blue: the GHN (pale: earlier checkpoints, ghn_*); orange: SGD
         base = '0.6' if name == 'random_init' else 'C0' if name.startswith('ghn') else 'C1'
         return matplotlib.colors.to_rgba(base, 0.45 if name.startswith('ghn_') else 1.0)
