@@ -10,7 +10,6 @@ the fastest. Whole-net jit's warm time is the floor an execution design can reac
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import time
@@ -21,6 +20,7 @@ import numpy as np
 
 from ghn_jax import host_memory
 from ghn_jax.train import meta_train, targets
+from ghn_jax.train.config import load_config
 
 BACKENDS = ('per_op', 'whole_net')
 
@@ -42,15 +42,12 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=3)
     args = parser.parse_args()
     host_memory.use_tcmalloc()
-    spec = importlib.util.spec_from_file_location('bench_config', args.config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config(args.config)
     cfg = meta_train.ghn_config(config)
     rng = np.random.default_rng(0)
     side, channels = config.data.image_size, config.data.channels
     x = jnp.asarray(rng.standard_normal((config.batch_size, side, side, channels)).astype(np.float32))
-    y = jnp.asarray(rng.integers(0, 10, config.batch_size).astype(np.int32))
+    y = jnp.asarray(rng.integers(0, config.data.num_classes, config.batch_size).astype(np.int32))
     lo, hi = (int(s) for s in args.steps.split('-'))
     nets = []
     for step in range(lo, hi + 1):

@@ -1,7 +1,17 @@
 """Default meta-training configuration; ``configs/*.py`` start from :func:`base_config` and override fields."""
 from __future__ import annotations
 
+import importlib.util
+
 import ml_collections
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file (``configs/<name>.py``), for tools outside the absl training CLI."""
+    spec = importlib.util.spec_from_file_location('ghn_jax_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def base_config() -> ml_collections.ConfigDict:

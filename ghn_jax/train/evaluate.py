@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ghn_jax import host_memory
 from ghn_jax.hypernet.predictor import GHN2
 from ghn_jax.nets import from_arch_json
+from ghn_jax.train.config import load_config
 from ghn_jax.train.targets import net_logits
 
 
@@ -185,11 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             with open(path) as f:
                 parts.append(json.load(f))
         return _report(merge(parts), args)
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('eval_config', args.config)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    config = mod.get_config()
+    config = load_config(args.config)
     ghn = GHN2.from_checkpoint(args.ghn) if args.ghn else None
     steps = tuple(int(s) for s in args.sgd_steps.split(',') if s)
     results = evaluate(ghn, config, args.split, args.n, steps, args.sgd_lr, sgd_archs=args.sgd_archs,
