@@ -439,22 +439,27 @@ def test_evaluate_cli_reports_every_method(tmp_path):
     assert set(quick['summary']) == {'ghn'}
     assert quick['per_arch'][0]['n_params'] == results['per_arch'][0]['n_params']
     assert quick['per_arch'][0]['ghn'] == results['per_arch'][0]['ghn']
+    assert results['eval_batch_size'] == config.eval_batch_size
 
 
 def test_merge_joins_evaluation_shards_and_rejects_overlap():
     from ghn_jax.train import evaluate
-    def part(start, accs, split='test', extra=None):
+    def part(start, accs, split='test', extra=None, batch=64):
         rows = [{'net': f'{split}/{start + i}', 'n_params': 10, 'random_init': 0.1, 'ghn': a} for i, a in enumerate(accs)]
-        out = {'split': split, 'n_archs': len(rows), 'summary': evaluate.summarise(rows), 'per_arch': rows}
+        out = {'split': split, 'n_archs': len(rows), 'eval_batch_size': batch, 'summary': evaluate.summarise(rows),
+               'per_arch': rows}
         return {**out, 'extra': extra} if extra else out
     merged = evaluate.merge([part(10, [0.3]), part(0, [0.1, 0.2]), part(0, [], extra={'resnet18': {'ghn': 0.5}})])
     assert [r['net'] for r in merged['per_arch']] == ['test/0', 'test/1', 'test/10']
+    assert merged['eval_batch_size'] == 64
     assert merged['summary']['ghn']['n'] == 3 and abs(merged['summary']['ghn']['mean'] - 20.0) < 1e-9
     assert merged['extra'] == {'resnet18': {'ghn': 0.5}}
     with pytest.raises(ValueError, match='overlap'):
         evaluate.merge([part(0, [0.1, 0.2]), part(1, [0.3])])
     with pytest.raises(ValueError, match='different splits'):
         evaluate.merge([part(0, [0.1]), part(5, [0.1], split='val')])
+    with pytest.raises(ValueError, match='different batch sizes'):   # BN accuracies depend on the batch
+        evaluate.merge([part(0, [0.1]), part(5, [0.1], batch=500)])
 
 
 def test_metrics_of_a_resumed_run_keep_the_rows_of_the_run_that_went_on(tmp_path):

@@ -54,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 0            # evaluate on held-out archs every N steps (0: only at the end)
     c.eval_archs = 20
     c.eval_split = 'val'
-    c.eval_batch_size = 500
+    c.eval_batch_size = 64      # BN nets use each batch's statistics, so this is part of the result (spec 9.1)
     c.eval_examples = 2000
     c.num_devices = 0           # 0: all local devices (data-parallel over images)
     c.export_npz = True         # write workdir/ghn.npz at the end (ghn_jax.GHN2.from_checkpoint)
