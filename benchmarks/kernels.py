@@ -1,12 +1,14 @@
 """Benchmark the custom kernels of ``ghn_jax.nets.kernels`` against the lax ops they replace (XLA:CPU).
 
-Prints one JSON object: for every op and shape, median milliseconds of the jitted forward (``fwd``) and of the
-forward + backward to all inputs (``fwd_bwd``, gradient of a sum of the output times a fixed random cotangent),
-for the lax reference and the custom kernel, and the speedups (lax / custom).
+Prints one JSON object: for every op and shape, median milliseconds of the jitted forward (``fwd``), of the
+forward + backward to all inputs in one jitted call (``fwd_bwd``, gradient of a sum of the output times a fixed
+random cotangent), and of the two halves of an eager ``jax.vjp`` as the per-op executor runs the glue between ops
+(``vjp_fwd``: the forward pass of differentiation, ``vjp_bwd``: the pullback), for the lax reference and the
+custom kernel, and the speedups (lax / custom).
 
-Usage: ``python -m benchmarks.kernels [--repeats 7] [--quick | --attention-only]`` (``--quick``: attention and the
-64x16x16x64 shape only). Attention shapes are (batch, tokens, heads, head dim) of the ``msa`` op at 32x32, 16x16 and
-8x8 maps.
+Usage: ``python -m benchmarks.kernels [--repeats 7] [--quick | --attention-only] [--only max_pool,avg_pool]``
+(``--quick``: attention and the 64x16x16x64 shape only; ``--only``: ops whose name starts with one of these).
+Attention shapes are (batch, tokens, heads, head dim) of the ``msa`` op at 32x32, 16x16 and 8x8 maps.
 """
 from __future__ import annotations
 
@@ -42,12 +44,15 @@ def _median_ms(fun: Callable, args: tuple, repeats: int) -> float:
 
 
 def _timings(op: Callable, args: tuple, repeats: int) -> dict[str, float]:
-    """Median ms of the forward and of forward + backward to every argument."""
+    """Median ms of the forward, of forward + backward to every argument, and of an eager vjp's two halves."""
     cot = jax.random.normal(jax.random.key(99), jax.eval_shape(op, *args).shape)
     fwd = jax.jit(op)
     # the cotangent is an argument, not a closed-over constant: XLA would constant-fold the backward pass
     fwd_bwd = jax.jit(jax.grad(lambda c, *a: jnp.sum(op(*a) * c), argnums=tuple(range(1, len(args) + 1))))
-    return {'fwd': _median_ms(fwd, args, repeats), 'fwd_bwd': _median_ms(fwd_bwd, (cot,) + args, repeats)}
+    pullback = jax.vjp(op, *args)[1]
+    return {'fwd': _median_ms(fwd, args, repeats), 'fwd_bwd': _median_ms(fwd_bwd, (cot,) + args, repeats),
+            'vjp_fwd': _median_ms(lambda *a: jax.vjp(op, *a)[0], args, repeats),
+            'vjp_bwd': _median_ms(pullback, (cot,), repeats)}
 
 
 def _compare(ref: Callable, fast: Callable, args: tuple, repeats: int) -> dict:
@@ -75,12 +80,16 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=7)
     parser.add_argument('--quick', action='store_true', help='only the 64x16x16x64 shape')
     parser.add_argument('--attention-only', action='store_true', help='only the attention kernel')
+    parser.add_argument('--only', default='', help='comma-separated name prefixes, e.g. max_pool,avg_pool')
     args = parser.parse_args()
+    wanted = lambda name: not args.only or name.startswith(tuple(args.only.split(',')))  # noqa: E731
     shapes = () if args.attention_only else SHAPES[1:] if args.quick else SHAPES
     results: dict = {'device': str(jax.devices()[0]), 'jax': jax.__version__, 'results': {}}
     for shape in ATTENTION:
         q, k, v = (jax.random.normal(jax.random.key(i), shape) for i in range(3))
         name = f'attention/{"x".join(map(str, shape))}'
+        if not wanted(name):
+            continue
         results['results'][name] = _compare(_plain_attention, lambda q, k, v: attention(q, k, v, shape[-1] ** -0.5),
                                             (q, k, v), args.repeats)
         print(name, results['results'][name], flush=True, file=sys.stderr)
@@ -91,6 +100,8 @@ def main() -> None:
             p = d * (k - 1) // 2
             w = jax.random.normal(jax.random.key(1), (k, k, 1, shape[-1]))
             name = f'depthwise_{k}x{k}_s{s}_d{d}/{tag}'
+            if not wanted(name):
+                continue
             results['results'][name] = _compare(lambda x, w: _lax_depthwise(x, w, s, p, d),
                                                 lambda x, w: depthwise_conv2d(x, w, s, p, d), (x, w), args.repeats)
             print(name, results['results'][name], flush=True, file=sys.stderr)
@@ -98,6 +109,8 @@ def main() -> None:
             p = tuple((k // 2, k // 2) for k in kernel)
             w = jax.random.normal(jax.random.key(2), kernel + (shape[-1], shape[-1])) * 0.05
             name = f'conv_{kernel[0]}x{kernel[1]}_s{s}/{tag}'
+            if not wanted(name):
+                continue
             results['results'][name] = _compare(lambda x, w: _lax_conv(x, w, s, p), lambda x, w: conv2d(x, w, s, p),
                                                 (x, w), args.repeats)
             print(name, results['results'][name], flush=True, file=sys.stderr)
@@ -108,6 +121,8 @@ def main() -> None:
                     ('avg_pool', lambda x: nn.avg_pool(x, (k, k), (s, s), [(p, p)] * 2, count_include_pad=False),
                      lambda x: avg_pool2d(x, k, s, p))):
                 name = f'{kind}_{k}x{k}_s{s}_p{p}/{tag}'
+                if not wanted(name):
+                    continue
                 results['results'][name] = _compare(ref, fast, (x,), args.repeats)
                 print(name, results['results'][name], flush=True, file=sys.stderr)
     print(json.dumps(results, indent=1))

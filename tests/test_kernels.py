@@ -115,6 +115,36 @@ def test_pools(k, stride, padding, size):
     _check(lambda x: avg_pool2d(x, k, stride, padding), lambda x: _lax_avg_pool(x, k, stride, padding), x)
 
 
+def _primitives(fun, x) -> set[str]:
+    """Primitive names staged by ``fun(x)``, inside jitted and custom-JVP calls too."""
+    names = set()
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            names.add(eqn.primitive.name)
+            for key in ('jaxpr', 'call_jaxpr'):
+                sub = eqn.params.get(key)
+                if sub is not None:
+                    walk(getattr(sub, 'jaxpr', sub))
+    walk(jax.make_jaxpr(lambda x: fun(x))(x).jaxpr)   # a new function each time: make_jaxpr caches by function
+    return names
+
+
+def test_pools_compute_with_taps_and_stage_reduce_window_for_graphs():
+    """Executed pools are the max/sum of window taps (faster on XLA:CPU); under ``pools_as_reduce_window`` (graph
+    tracing) they stage ``reduce_window``, which the graph tracer reads as pool nodes. Both give the lax values."""
+    x = jax.random.normal(jax.random.key(5), (2, 7, 8, 3))
+    cases = ((lambda x: max_pool2d(x, 3, 2, 1), lambda x: _lax_max_pool(x, 3, 2, 1), 'reduce_window_max'),
+             (lambda x: avg_pool2d(x, 3, 1, 1), lambda x: _lax_avg_pool(x, 3, 1, 1), 'reduce_window_sum'))
+    for pool, ref, prim in cases:
+        assert prim not in _primitives(pool, x)
+        np.testing.assert_allclose(pool(x), ref(x), **TOL)
+        with kernels.pools_as_reduce_window():
+            assert prim in _primitives(pool, x)
+            np.testing.assert_allclose(pool(x), ref(x), **TOL)
+        assert prim not in _primitives(pool, x)   # the staged form is neither left on nor cached for execution
+
+
 def test_max_pool_ties_pick_first_maximum():
     """After a ReLU many windows are all zero: the gradient must go to one element, as lax/torch do."""
     x = jax.nn.relu(jax.random.normal(jax.random.key(3), (2, 8, 8, 4))).at[:, :4].set(0.0)

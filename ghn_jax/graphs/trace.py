@@ -58,6 +58,7 @@ from flax.core import scope as flax_scope
 from flax.linen import module as flax_module
 from jax.extend import core as jcore
 
+from ghn_jax.nets.kernels import pools_as_reduce_window
 from ghn_jax.nets.layers import BatchNorm, FastConv, PosEnc, graph_trace_mode, in_graph_trace
 
 PRIMITIVES = ('max_pool', 'avg_pool', 'sep_conv', 'dil_conv', 'conv', 'msa', 'cse', 'sum', 'concat', 'input',
@@ -685,7 +686,8 @@ def trace_module(module: nn.Module, input_shape: tuple[int, ...], dtype=jnp.floa
     x = jax.ShapeDtypeStruct(tuple(input_shape), dtype)
     if FAST_TRACE:
         _install_fast_trace()
-    with graph_trace_mode(FAST_TRACE), nn.intercept_methods(record):
+    # pools stage reduce_window (read as pool nodes below) instead of computing with window taps
+    with graph_trace_mode(FAST_TRACE), pools_as_reduce_window(), nn.intercept_methods(record):
         closed, out_shape = jax.make_jaxpr(lambda x: module.init_with_output(jax.random.key(0), x),
                                            return_shape=True)(x)
     leaves = jax.tree_util.tree_flatten_with_path(out_shape)[0]
