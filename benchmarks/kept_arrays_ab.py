@@ -23,14 +23,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ghn_jax import host_memory
-from ghn_jax.hypernet.ghn import GHNConfig
 from ghn_jax.nets import layers
 from ghn_jax.train import executor, targets
 
-from meta_train import BENCH, load_step, random_like  # benchmarks/meta_train.py
+from meta_train import replayed_nets  # benchmarks/meta_train.py
 
 BEFORE_NAMES = (layers.CONV_OUTPUT, layers.NORM_STATISTICS, layers.DEPTHWISE_OUTPUT)
 
@@ -63,15 +61,7 @@ def main() -> None:
     computed = [0]
     count_computed_bytes(computed)
 
-    batches = json.load(open(BENCH))
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((64, 32, 32, 3)).astype(np.float32))
-    y = jnp.asarray(rng.integers(0, 10, 64).astype(np.int32))
-    nets = []
-    for step in (int(s) for s in args.steps.split(',')):
-        for module in load_step(batches[step]['nets'], GHNConfig())[0]:
-            shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), x))['params']
-            nets.append((module, random_like(shapes)))
+    nets, x, y = replayed_nets(args.steps)
 
     def grads_before(module, params):
         def objective(p, images):   # the images differentiated too: their cotangent is computed, as before

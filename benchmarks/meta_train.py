@@ -56,6 +56,20 @@ def random_like(shapes, seed: int = 0):
     return jax.tree_util.tree_map(lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype), shapes)
 
 
+def replayed_nets(steps: str) -> tuple[list, jax.Array, jax.Array]:
+    """The nets of the replayed steps (e.g. ``'3,5'``) with random parameters, and 64 random images and labels."""
+    batches = json.load(open(BENCH))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((64, 32, 32, 3)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, 64).astype(np.int32))
+    nets = []
+    for step in (int(s) for s in steps.split(',')):
+        for module in load_step(batches[step]['nets'], GHNConfig())[0]:
+            shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), x))['params']
+            nets.append((module, random_like(shapes)))
+    return nets, x, y
+
+
 class PeakRSS:
     """Peak resident memory since the last ``take()``, sampled every 10 ms (``ru_maxrss`` only has the maximum over
     the whole process, so the warm pass's own peak needs this)."""

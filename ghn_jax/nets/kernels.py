@@ -370,8 +370,8 @@ def _scatter_taps(index: jax.Array, g: jax.Array, in_hw: Pair, kernel: Pair, str
 
     dx[h] = sum over taps t of gd[h + pad - t] where the dilated index equals t (``gd``: the cotangent dilated by
     the stride, zeros between). The dilated cotangent and index are built once and held (an optimisation
-    barrier): left to itself XLA:CPU fuses the pads into the k^2 slices that read them and recomputes them, and
-    under one jit with the forward it also recomputes every window's index k^2 times (3-9x slower).
+    barrier): left to itself XLA:CPU fuses the pads into the k^2 slices that read them and recomputes them (5-7x
+    slower), and under one jit with the forward it also recomputes every window's index k^2 times (~20x slower).
     """
     lo = [kernel[a] - 1 - padding[a][0] for a in range(2)]
     hi = [in_hw[a] + padding[a][0] - ((g.shape[1 + a] - 1) * stride[a] + 1) for a in range(2)]
