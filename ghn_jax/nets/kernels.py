@@ -149,6 +149,15 @@ def _staged_as_reduce_window() -> bool:
     return getattr(_STAGING, 'reduce_window', False)
 
 
+def _dilated_padding(out_hw: Pair, in_hw: Pair, kernel: Pair, stride: Pair, padding: Padding, dilation: Pair):
+    """``lax.pad`` config that dilates a cotangent of spatial size ``out_hw`` by the stride (zeros in between) and
+    pads it so that the flipped kernel tap (i, j) reads the slice starting at ((k-1-i)*d, (k-1-j)*d) of size
+    ``in_hw``: the layout of every transpose of a strided window op below."""
+    lo = [(kernel[a] - 1) * dilation[a] - padding[a][0] for a in range(2)]
+    hi = [in_hw[a] + padding[a][0] - ((out_hw[a] - 1) * stride[a] + 1) for a in range(2)]
+    return ((0, 0, 0), (lo[0], hi[0], stride[0] - 1), (lo[1], hi[1], stride[1] - 1), (0, 0, 0))
+
+
 def _full_correlation(g: jax.Array, taps: dict[Pair, jax.Array | None], in_hw: Pair, kernel: Pair, stride: Pair,
                       padding: Padding, dilation: Pair) -> jax.Array:
     """Transpose of ``sum_ij tap_ij(pad(x)) * w_ij`` w.r.t. x: dx[h] = sum_ij gd[h + pad - i*d] * w_ij.
@@ -156,11 +165,7 @@ def _full_correlation(g: jax.Array, taps: dict[Pair, jax.Array | None], in_hw: P
     ``gd`` is the cotangent dilated by the stride (zeros in between); it is padded once so that every tap is a
     plain slice of size ``in_hw``. ``taps[(i, j)]`` is the per-channel weight of tap (i, j), or None for 1.
     """
-    ho, wo = g.shape[1:3]
-    lo = [(kernel[a] - 1) * dilation[a] - padding[a][0] for a in range(2)]
-    hi = [in_hw[a] + padding[a][0] - ((g.shape[1 + a] - 1) * stride[a] + 1) for a in range(2)]
-    del ho, wo
-    cfg = ((0, 0, 0), (lo[0], hi[0], stride[0] - 1), (lo[1], hi[1], stride[1] - 1), (0, 0, 0))
+    cfg = _dilated_padding(g.shape[1:3], in_hw, kernel, stride, padding, dilation)
     gp = lax.pad(g, jnp.zeros((), g.dtype), cfg)
     n, c = g.shape[0], g.shape[3]
     dx = None
@@ -373,9 +378,7 @@ def _scatter_taps(index: jax.Array, g: jax.Array, in_hw: Pair, kernel: Pair, str
     barrier): left to itself XLA:CPU fuses the pads into the k^2 slices that read them and recomputes them (5-7x
     slower), and under one jit with the forward it also recomputes every window's index k^2 times (~20x slower).
     """
-    lo = [kernel[a] - 1 - padding[a][0] for a in range(2)]
-    hi = [in_hw[a] + padding[a][0] - ((g.shape[1 + a] - 1) * stride[a] + 1) for a in range(2)]
-    cfg = ((0, 0, 0), (lo[0], hi[0], stride[0] - 1), (lo[1], hi[1], stride[1] - 1), (0, 0, 0))
+    cfg = _dilated_padding(g.shape[1:3], in_hw, kernel, stride, padding, (1, 1))
     gp, ip = lax.optimization_barrier((lax.pad(g, jnp.zeros((), g.dtype), cfg),
                                        lax.pad(index, jnp.asarray(-1, index.dtype), cfg)))
     n, c = g.shape[0], g.shape[3]
