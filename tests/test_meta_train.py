@@ -63,6 +63,19 @@ def test_fashion_config_drops_the_learning_rate_at_two_thirds_and_five_sixths(ar
     assert drops == pytest.approx([2 * num_steps / 3, 5 * num_steps / 6], abs=1)
 
 
+def test_learning_rate_schedules():
+    config = _config(num_steps=100)
+    config.lr_milestones = (5, 8)                                 # epochs of 10 steps: drops at steps 50 and 80
+    step = meta_train.learning_rate_schedule(config, 10)
+    assert [float(step(i)) for i in (0, 49, 50, 79, 80)] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5])
+    config.lr_schedule = 'cosine'                                 # from the learning rate to 0 over the run
+    cosine = meta_train.learning_rate_schedule(config, 10)
+    assert [float(cosine(i)) for i in (0, 50, 100)] == pytest.approx([1e-3, 5e-4, 0.0], abs=1e-9)
+    config.lr_schedule = 'linear'
+    with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
+        meta_train.learning_rate_schedule(config, 10)
+
+
 def test_resuming_with_a_changed_config_keeps_the_previous_one(tmp_path, caplog):
     config = _config(num_steps=10)
     meta_train.save_config(config, str(tmp_path), 0)

@@ -37,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.weight_decay = 1e-5
     c.grad_clip = 5.0
     c.epochs = 300
+    c.lr_schedule = 'step'      # the reference's x0.1 at lr_milestones (epochs); 'cosine': GHN-3's decay to 0
     c.lr_milestones = (200, 250)
     c.num_steps = -1            # -1: epochs * steps per epoch
     c.grad_estimator = 'bp'     # 'bp' or 'fg' (forward gradients through the GHN, issue #5)

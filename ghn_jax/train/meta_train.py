@@ -133,10 +133,26 @@ def meta_batch_indices(step: int, attempt: int, meta_batch_size: int) -> list[in
 # The meta-step
 # ------------------------------------------------------------------------------------------------------------------
 
+def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """The run's length: ``num_steps``, or ``epochs`` of ``steps_per_epoch`` when it is not positive."""
+    return config.num_steps if config.num_steps > 0 else config.epochs * steps_per_epoch
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    """``config.lr_schedule``: ``'step'``, the reference's x0.1 at each of ``lr_milestones`` (epochs), or
+    ``'cosine'``, GHN-3's cosine decay from ``learning_rate`` to 0 over the run's steps."""
+    kind = config.get('lr_schedule', 'step')
+    if kind == 'step':
+        boundaries = {int(m * steps_per_epoch): 0.1 for m in config.lr_milestones}
+        return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+    if kind == 'cosine':
+        return optax.cosine_decay_schedule(config.learning_rate, total_steps(config, steps_per_epoch))
+    raise ValueError(f"unknown lr_schedule {kind!r}: use 'step' or 'cosine'")
+
+
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Adam with coupled L2 (PyTorch ``weight_decay``), clipping before decay, step decay at epoch milestones."""
-    boundaries = {int(m * steps_per_epoch): 0.1 for m in config.lr_milestones}
-    schedule = optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+    """Adam with coupled L2 (PyTorch ``weight_decay``), clipping before decay, and :func:`learning_rate_schedule`."""
+    schedule = learning_rate_schedule(config, steps_per_epoch)
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.add_decayed_weights(config.weight_decay),
                        optax.scale_by_adam(), optax.scale_by_learning_rate(schedule))
 
@@ -260,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     indexer = ShapeIndexer(cfg.num_classes, cfg.max_spatial)
     images = load_image_data(config)
     steps_per_epoch = max(1, len(images.train[0]) // config.batch_size)
-    num_steps = config.num_steps if config.num_steps > 0 else config.epochs * steps_per_epoch
+    num_steps = total_steps(config, steps_per_epoch)
     optimizer = make_optimizer(config, steps_per_epoch)
     mesh = make_mesh(config.num_devices)
     replicated = NamedSharding(mesh, P())
