@@ -32,6 +32,7 @@ import numpy as np
 
 from ghn_jax.train import data as data_lib
 from ghn_jax.train import finetune
+from machine import machine_info  # benchmarks/ is on the path when run as a script
 from ghn_jax.train import local_losses as ll
 
 MODELS = {"logreg": ll.make_logreg, "mlp": ll.make_mlp, "cnn": ll.make_cnn}
@@ -171,7 +172,7 @@ def main() -> None:
         best = max(q["test_acc"] for q in results if q["model"] == r["model"])
         r["time_to_acc"] = {f"{t:.3f}": time_to(r["curve"], t) for t in (0.7, 0.8, 0.9 * best)}
     summary = {
-        "device": str(jax.devices()[0]),
+        "machine": machine_info(),
         "batch": 64,
         "optimizer": "sgd momentum 0.9, constant lr",
         "results": [{k: v for k, v in r.items() if k != "curve"} for r in results],

@@ -37,6 +37,7 @@ import optax
 
 from ghn_jax.train import forward_grad as fg
 from ghn_jax.train import local_losses as ll
+from machine import machine_info  # benchmarks/ is on the path when run as a script
 
 MODELS = {
     "logreg": (ll.make_logreg, (784,)),
@@ -182,7 +183,7 @@ def main() -> None:
     results = [measure(m, args.rounds) for m in args.models.split(",")]
     if not args.no_memory_row:
         results.append(memory_only())
-    print(json.dumps({"device": str(jax.devices()[0]), "jax": jax.__version__, "results": results}, indent=1))
+    print(json.dumps({"machine": machine_info(), "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from machine import machine_info  # benchmarks/ is on the path when run as a script
+
 REFERENCE_MEDIAN_S = 0.070
 REFERENCE = {'min_s': 0.043, 'median_s': 0.070, 'max_s': 0.086, 'source': '/work/shared/bench/README.md'}
 
@@ -85,7 +87,8 @@ def main(argv=None) -> dict:
     n_real = int((graph.edges[:, 2] == 1).sum())
     median = statistics.median(wall)
     result = {
-        'benchmark': 'graph_build', 'model': 'resnet50 (CIFAR-adjusted, 10 classes), input (1, 32, 32, 3)',
+        'benchmark': 'graph_build', 'machine': machine_info(),
+        'model': 'resnet50 (CIFAR-adjusted, 10 classes), input (1, 32, 32, 3)',
         've_cutoff': 50,
         'nodes': graph.n_nodes, 'edges_real': n_real, 'edges_virtual': len(graph.edges) - n_real,
         'max_s': int(graph.edges[:, 2].max()),

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from ghn_jax import host_memory
 from ghn_jax.nets import layers
+from machine import machine_info  # benchmarks/ is on the path when run as a script
 from ghn_jax.train import executor, targets
 
 from meta_train import replayed_nets  # benchmarks/meta_train.py
@@ -92,7 +93,8 @@ def main() -> None:
     diff = max(float(jnp.max(jnp.abs(a - b))) for ga, gb in zip(grads[first], grads[second])
                for a, b in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)))
     print(json.dumps({
-        'benchmark': 'kept_arrays_ab', 'steps': args.steps, 'nets': len(nets), 'seconds_per_pass': seconds,
+        'benchmark': 'kept_arrays_ab', 'machine': machine_info(),
+        'steps': args.steps, 'nets': len(nets), 'seconds_per_pass': seconds,
         f'median_ratio_{second}_{first}': round(statistics.median(seconds[second]) / statistics.median(seconds[first]), 3),
         'largest_net_computed_gb': {k: round(v / 2**30, 3) for k, v in largest.items()},
         'max_abs_grad_diff': diff, 'allocator': host_memory.allocator_name()}, indent=1))

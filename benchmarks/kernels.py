@@ -25,11 +25,12 @@ import numpy as np
 from jax import lax
 
 from ghn_jax.nets.kernels import attention, avg_pool2d, conv2d, depthwise_conv2d, max_pool2d
+from machine import machine_info  # benchmarks/ is on the path when run as a script
 
 SHAPES = ((64, 32, 32, 32), (64, 16, 16, 64))
 DEPTHWISE = ((3, 1, 1), (3, 2, 1), (3, 1, 2), (3, 2, 2), (5, 1, 1), (5, 2, 1), (5, 1, 2), (5, 2, 2))  # k, s, d
 POOLS = ((3, 1, 1), (3, 2, 1))  # k, stride, padding
-DENSE = (((1, 1), 1), ((3, 3), 1), ((3, 3), 2), ((5, 5), 1), ((7, 1), 1), ((1, 7), 1))  # kernel, stride
+DENSE = (((1, 1), 1), ((3, 3), 1), ((3, 3), 2), ((5, 5), 1), ((7, 7), 1), ((7, 1), 1), ((1, 7), 1))  # kernel, stride
 ATTENTION = ((64, 1024, 8, 4), (64, 256, 8, 8), (64, 64, 8, 16))  # batch, tokens (32x32, 16x16, 8x8 maps), heads, dim
 
 
@@ -84,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     wanted = lambda name: not args.only or name.startswith(tuple(args.only.split(',')))  # noqa: E731
     shapes = () if args.attention_only else SHAPES[1:] if args.quick else SHAPES
-    results: dict = {'device': str(jax.devices()[0]), 'jax': jax.__version__, 'results': {}}
+    results: dict = {'machine': machine_info(), 'results': {}}
     for shape in ATTENTION:
         q, k, v = (jax.random.normal(jax.random.key(i), shape) for i in range(3))
         name = f'attention/{"x".join(map(str, shape))}'

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ghn_jax import host_memory
+from machine import machine_info  # benchmarks/ is on the path when run as a script
 from ghn_jax.graphs.graph import build_graph
 from ghn_jax.hypernet.ghn import GHN, GHNConfig
 from ghn_jax.hypernet.predictor import init_params
@@ -177,7 +178,8 @@ def main() -> None:
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     fwd = med(warm, 'nets_forward_only')
     print(json.dumps({
-        'benchmark': 'meta_train_step', 'backend': args.backend, 'residual_budget_gb': args.residual_budget_gb,
+        'benchmark': 'meta_train_step', 'machine': machine_info(),
+        'backend': args.backend, 'residual_budget_gb': args.residual_budget_gb,
         'steps': f'{lo}-{hi}', 'meta_batch': 8,
         'images': '64x32x32x3',
         'cold_median_s': {k: round(med(cold, k), 3) for k in keys},

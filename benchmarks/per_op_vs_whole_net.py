@@ -20,6 +20,7 @@ import numpy as np
 
 from ghn_jax import host_memory
 from ghn_jax.train import meta_train, targets
+from machine import machine_info  # benchmarks/ is on the path when run as a script
 from ghn_jax.train.config import load_config
 
 BACKENDS = ('per_op', 'whole_net')
@@ -64,7 +65,8 @@ def main() -> None:
     warm = {b: sum(r[b]['warm_s'] for r in nets) for b in BACKENDS}
     ratios = [r['per_op']['warm_s'] / r['whole_net']['warm_s'] for r in nets]
     print(json.dumps({
-        'benchmark': 'per_op_vs_whole_net', 'config': args.config, 'steps': args.steps, 'nets': len(nets),
+        'benchmark': 'per_op_vs_whole_net', 'machine': machine_info(),
+        'config': args.config, 'steps': args.steps, 'nets': len(nets),
         'warm_total_s': {b: round(v, 3) for b, v in warm.items()},
         'per_op_over_whole_net': {'total': round(warm['per_op'] / warm['whole_net'], 3),
                                   'median_per_net': round(float(np.median(ratios)), 3)},

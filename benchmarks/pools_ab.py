@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from ghn_jax import host_memory
 from ghn_jax.nets import kernels
+from machine import machine_info  # benchmarks/ is on the path when run as a script
 from ghn_jax.train import executor, targets
 
 from meta_train import replayed_nets  # benchmarks/meta_train.py
@@ -73,7 +74,8 @@ def main() -> None:
             outs.append(jax.block_until_ready(passes[kind](module, params)))
         return time.perf_counter() - start, outs
 
-    result = {'benchmark': 'pools_ab', 'steps': args.steps, 'nets': len(nets), 'old_tree': args.old_tree}
+    result = {'benchmark': 'pools_ab', 'machine': machine_info(),
+              'steps': args.steps, 'nets': len(nets), 'old_tree': args.old_tree}
     for kind in passes:
         for name in variants:   # compile
             run(name, kind)

@@ -37,6 +37,8 @@ import sys
 import tempfile
 import time
 
+from machine import machine_info  # benchmarks/ is on the path when run as a script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.environ.get('GHN_GOLDEN', os.path.join(os.path.dirname(ROOT), 'shared', 'golden', 'ghn2'))
 CKPT = os.path.join(GOLDEN, 'ghn2_cifar10_random.npz')
@@ -200,8 +202,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     load_before = os.getloadavg()
-    result = {'benchmark': 'predict', 'model': 'resnet50 (CIFAR-adjusted, 10 classes), all parameters',
-              'ghn': CKPT}
+    result = {'benchmark': 'predict', 'machine': machine_info(),
+              'model': 'resnet50 (CIFAR-adjusted, 10 classes), all parameters', 'ghn': CKPT}
     result['fresh_process'] = fresh_process(args.runs)
     result['fresh_process_compiles'] = fresh_process(1, count_compiles=True)['runs'][0]['xla_compiles']
     if args.compile_cache:

@@ -22,6 +22,7 @@ from jax._src import core  # noqa: internal, the eager primitive hook has no pub
 
 from ghn_jax import host_memory
 from ghn_jax.hypernet.ghn import GHN
+from machine import machine_info  # benchmarks/ is on the path when run as a script
 from ghn_jax.hypernet.predictor import init_params
 from ghn_jax.train import executor, meta_train
 from ghn_jax.train.config import base_config
@@ -103,7 +104,7 @@ def main() -> None:
         by_kind[f'{part} {kind}'] += seconds / n
     rows = sorted(SECONDS.items(), key=lambda kv: -kv[1])[:args.top]
     print(json.dumps({
-        'benchmark': 'meta_step_profile', 'steps': f'{lo}-{hi}',
+        'benchmark': 'meta_step_profile', 'machine': machine_info(), 'steps': f'{lo}-{hi}',
         'warm_median_s': round(float(np.median(warm)), 3),
         'instrumented_median_s': round(float(np.median(timed)), 3),
         'seconds_per_step_by_kind': {k: round(v, 3) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])

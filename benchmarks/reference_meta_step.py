@@ -23,6 +23,7 @@ import sys
 import time
 
 from reference_side_by_side import _import_reference   # benchmarks/ is on the path when this file runs as a script
+from machine import machine_info  # benchmarks/ is on the path when run as a script
 
 # The replayed meta-batches of benchmarks/meta_train.py (not imported from there: that would load jax and ghn_jax into
 # this process and add their ~0.2 GB to the reference's peak RSS).
@@ -90,7 +91,7 @@ def main() -> dict:
     cold = [step(s) for s in range(lo, hi + 1)]
     warm = [step(s) for s in range(lo, hi + 1)]
     keys = ('total', 'ghn_forward', 'nets_forward', 'backward_and_optimizer')
-    result = {'benchmark': 'reference_meta_train_step', 'implementation': 'ppuda (PyTorch)',
+    result = {'benchmark': 'reference_meta_train_step', 'machine': machine_info(), 'implementation': 'ppuda (PyTorch)',
               'torch': torch.__version__, 'threads': torch.get_num_threads(), 'steps': f'{lo}-{hi}',
               'cold_median_s': {k: round(statistics.median(r[k] for r in cold), 3) for k in keys},
               'warm_median_s': {k: round(statistics.median(r[k] for r in warm), 3) for k in keys},

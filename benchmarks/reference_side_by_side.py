@@ -31,6 +31,7 @@ import time
 import types
 
 from graph_build import summary          # benchmarks/ is on the path when this file runs as a script
+from machine import machine_info
 from predict import _FRESH, CKPT, ROOT
 
 
@@ -187,7 +188,7 @@ def main(argv=None) -> dict:
         if key in result:
             r = result[key]
             result[key]['ghn_jax_to_reference_median'] = r['ghn_jax']['median_s'] / r['reference']['median_s']
-    result['machine'] = {'cpus': os.cpu_count(), 'loadavg': os.getloadavg(), 'torch': torch.__version__,
+    result['machine'] = {**machine_info(), 'loadavg': os.getloadavg(), 'torch': torch.__version__,
                          'note': 'both timed in alternating rounds in one process; compare the ratio'}
     print(json.dumps(result, indent=2))
     return result
