@@ -475,6 +475,30 @@ def test_merge_joins_evaluation_shards_and_rejects_overlap():
         evaluate.merge([part(0, [0.1]), part(5, [0.1], batch=500)])
 
 
+def test_merge_joins_methods_evaluated_apart_and_pairs_them():
+    """A GHN evaluated alone joins the baselines of the same nets; paired differences are taken net by net."""
+    from ghn_jax.train import evaluate
+    def part(rows, batch=64):
+        return {'split': 'test', 'n_archs': len(rows), 'eval_batch_size': batch, 'per_arch': rows}
+    ghn = part([{'net': f'test/{i}', 'n_params': 10 + i, 'ghn': a, 'ghn_seconds': 1.0}
+                for i, a in enumerate([0.5, 0.7, 0.9])])
+    baselines = part([{'net': 'test/0', 'n_params': 10, 'random_init': 0.1, 'sgd_100': 0.6},
+                      {'net': 'test/2', 'n_params': 12, 'random_init': 0.1, 'sgd_100': 0.8}])
+    merged = evaluate.merge([ghn, baselines])
+    assert merged['per_arch'][0] == {'net': 'test/0', 'n_params': 10, 'ghn': 0.5, 'ghn_seconds': 1.0,
+                                     'random_init': 0.1, 'sgd_100': 0.6}
+    assert list(merged['summary']) == ['ghn', 'random_init', 'sgd_100']
+    assert merged['summary']['ghn']['n'] == 3 and merged['summary']['sgd_100']['n'] == 2
+    paired = merged['paired']['ghn - sgd_100']    # test/0: -10 points, test/2: +10 points
+    assert paired['n'] == 2 and abs(paired['mean']) < 1e-9 and abs(paired['se'] - 10.0) < 1e-9
+    assert paired['higher_on'] == 1
+    assert abs(merged['paired']['ghn - random_init']['mean'] - 60.0) < 1e-9
+    with pytest.raises(ValueError, match="overlap: test/2 has \\['ghn'\\]"):
+        evaluate.merge([ghn, part([{'net': 'test/2', 'n_params': 12, 'ghn': 0.3}])])
+    with pytest.raises(ValueError, match='architecture caps'):
+        evaluate.merge([ghn, part([{'net': 'test/1', 'n_params': 99, 'sgd_100': 0.3}])])
+
+
 def test_metrics_of_a_resumed_run_keep_the_rows_of_the_run_that_went_on(tmp_path):
     """A crash after the last checkpoint makes the resumed run write those steps again."""
     from ghn_jax.train.metrics import read_metrics

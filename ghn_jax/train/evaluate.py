@@ -6,7 +6,8 @@ CLI::
         --sgd-steps 100,1000 --out results.json --plot results.png
 
 A long evaluation can be split into shards (``--start 0 --n 14``, ``--start 14 --n 14``, ...) run in parallel and
-joined with ``--merge shard*.json --out results.json``.
+joined with ``--merge shard*.json --out results.json``; ``--merge`` also joins evaluations of the same nets by
+different methods (a new GHN's results with the baselines' of an earlier run).
 """
 from __future__ import annotations
 
@@ -90,19 +91,41 @@ def evaluate_nets(ghn: GHN2 | None, config: ml_collections.ConfigDict, nets: lis
     return rows
 
 
+def methods(rows: list[dict[str, Any]]) -> list[str]:
+    """The methods (accuracy columns) of ``rows`` in order of first appearance."""
+    names: list[str] = []
+    for r in rows:
+        names += [k for k in r if k not in ('net', 'n_params', 'ghn_seconds') and k not in names]
+    return names
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean +- s.e. (percent) of every method over the nets that have it."""
-    if not rows:
-        return {}
-    keys = [k for k in rows[0] if k not in ('net', 'n_params', 'ghn_seconds')]
-    for r in rows:
-        keys += [k for k in r if k.startswith('sgd_') and k not in keys]
     summary = {}
-    for k in keys:
+    for k in methods(rows):
         values = [100 * r[k] for r in rows if k in r]
         mean, se = mean_se(values)
         summary[k] = {'mean': mean, 'se': se, 'n': len(values)}
     return summary
+
+
+def paired_differences(rows: list[dict[str, Any]], method: str = 'ghn') -> dict[str, dict[str, float]]:
+    """``method``'s accuracy minus each other method's, net by net (percentage points), over the nets with both:
+    mean +- s.e., median, and on how many nets ``method`` is higher. Nets differ far more among themselves than
+    methods on one net, so this says more than comparing the two means of :func:`summarise`."""
+    out = {}
+    for other in methods(rows):
+        diffs = [100 * (r[method] - r[other]) for r in rows if method in r and other in r and other != method]
+        if diffs:
+            mean, se = mean_se(diffs)
+            out[f'{method} - {other}'] = {'n': len(diffs), 'mean': mean, 'se': se, 'median': float(np.median(diffs)),
+                                          'higher_on': sum(d > 0 for d in diffs)}
+    return out
+
+
+def _results(split: str, batch_size: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {'split': split, 'n_archs': len(rows), 'eval_batch_size': batch_size, 'summary': summarise(rows),
+            'paired': paired_differences(rows), 'per_arch': rows}
 
 
 def evaluate(ghn: GHN2 | None, config: ml_collections.ConfigDict, split: str, n_archs: int,
@@ -114,12 +137,12 @@ def evaluate(ghn: GHN2 | None, config: ml_collections.ConfigDict, split: str, n_
     nets = [(f'{split}/{i}', *from_arch_json(arch_description(config, split, i)))
             for i in range(start, start + n_archs)]
     rows = evaluate_nets(ghn, config, nets, sgd_steps, sgd_lr, sgd_archs, seed + start, split, random_init)
-    return {'split': split, 'n_archs': n_archs, 'eval_batch_size': config.eval_batch_size,
-            'summary': summarise(rows), 'per_arch': rows}
+    return _results(split, config.eval_batch_size, rows)
 
 
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Join results of :func:`evaluate` on disjoint shards of one split into one result."""
+    """Join results of :func:`evaluate` on one split: shards of different nets, and evaluations of the same nets
+    by different methods (a GHN alone, the baselines alone); a method evaluated twice on one net is an error."""
     splits = {p['split'] for p in parts}
     if len(splits) != 1:
         raise ValueError(f'cannot merge results of different splits: {sorted(splits)}')
@@ -127,12 +150,18 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     if len(batches) != 1:
         raise ValueError(f'cannot merge results evaluated with different batch sizes: {sorted(map(str, batches))} '
                          '(BatchNorm uses each batch\'s statistics, so the accuracies are not comparable)')
-    rows = sorted((r for p in parts for r in p['per_arch']), key=lambda r: int(r['net'].rsplit('/', 1)[1]))
-    names = [r['net'] for r in rows]
-    if len(set(names)) != len(names):
-        raise ValueError('the shards overlap: some architectures appear twice')
-    merged = {'split': splits.pop(), 'n_archs': len(rows), 'eval_batch_size': batches.pop(),
-              'summary': summarise(rows), 'per_arch': rows}
+    by_net: dict[str, dict[str, Any]] = {}
+    for r in (r for p in parts for r in p['per_arch']):
+        row = by_net.setdefault(r['net'], {'net': r['net'], 'n_params': r['n_params']})
+        if r['n_params'] != row['n_params']:
+            raise ValueError(f"{r['net']} has {r['n_params']} parameters in one part and {row['n_params']} in "
+                             'another: different architecture caps (config.archs)?')
+        twice = set(methods([r])) & set(methods([row]))
+        if twice:
+            raise ValueError(f"the parts overlap: {r['net']} has {sorted(twice)} in two of them")
+        row.update(r)
+    rows = sorted(by_net.values(), key=lambda r: int(r['net'].rsplit('/', 1)[1]))
+    merged = _results(splits.pop(), batches.pop(), rows)
     extra = {k: v for p in parts for k, v in p.get('extra', {}).items()}
     if extra:
         merged['extra'] = extra
@@ -179,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument('--split', default='test')
     parser.add_argument('--n', type=int, default=100)
     parser.add_argument('--start', type=int, default=0, help='first architecture index (to shard an evaluation)')
-    parser.add_argument('--merge', nargs='+', metavar='JSON', help='join the results files of shards and exit')
+    parser.add_argument('--merge', nargs='+', metavar='JSON', help='join results files (shards, or other methods on the same nets) and exit')
     parser.add_argument('--sgd-steps', default='', help='comma-separated SGD budgets, e.g. 100,1000')
     parser.add_argument('--sgd-lr', type=float, default=0.05)
     parser.add_argument('--sgd-archs', type=int, help='run the SGD baselines on the first N architectures only')
@@ -221,7 +250,7 @@ def _report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
             json.dump(results, f, indent=1)
     if args.plot:
         plot(results, args.plot)
-    print(json.dumps(results['summary'], indent=1))
+    print(json.dumps({k: results[k] for k in ('summary', 'paired') if k in results}, indent=1))
     return results
 
 
