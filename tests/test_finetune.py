@@ -3,7 +3,9 @@
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from ghn_jax.nets.zoo import SmallCNN
@@ -64,3 +66,14 @@ def test_rejects_unknown_options():
         finetune.make_step(net, finetune.TrainConfig(grad="fg_local"), finetune.make_optimizer(finetune.TrainConfig()))
     with pytest.raises(ValueError):
         finetune.make_step(net, finetune.TrainConfig(grad="sgd"), finetune.make_optimizer(finetune.TrainConfig()))
+
+
+def test_grad_clip_norm_bounds_the_update():
+    """SGD with clipping at global norm 5 (the reference's baseline) moves the parameters by lr * 5 at most."""
+    params = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
+    grads = {"a": jnp.full(3, 100.0), "b": jnp.full((2, 2), -100.0)}   # global norm ~265
+    for clip, expected in ((None, 0.1 * np.sqrt(7) * 100), (5.0, 0.1 * 5.0)):
+        opt = finetune.make_optimizer(finetune.TrainConfig(optimizer="sgd", learning_rate=0.1, grad_clip_norm=clip))
+        updates, _ = opt.update(grads, opt.init(params), params)
+        norm = float(optax.global_norm(updates))
+        assert np.isclose(norm, expected, rtol=1e-5), (clip, norm)

@@ -52,8 +52,12 @@ def mean_se(values) -> tuple[float, float]:
 
 def evaluate_nets(ghn: GHN2 | None, config: ml_collections.ConfigDict, nets: list[tuple[str, Any, tuple]],
                   sgd_steps: tuple[int, ...] = (), sgd_lr: float = 0.05, sgd_nets: int | None = None,
-                  seed: int = 0, split: str = 'test', random_init: bool = True) -> list[dict[str, Any]]:
+                  seed: int = 0, split: str = 'test', random_init: bool = True,
+                  sgd_clip: float | None = None) -> list[dict[str, Any]]:
     """Per-net accuracies of GHN-predicted params, random init, and SGD from random init (first ``sgd_nets``).
+
+    SGD columns are named ``sgd_<steps>``, or ``sgd_<steps>_clip<norm>`` with gradient clipping (``sgd_clip``), so
+    that results of the two baselines never merge into one column.
 
     ``random_init=False`` skips the random-initialisation baseline (it does not depend on the GHN, and
     initialising compiles each whole network, 3-30 s per net on a 2-core CPU) unless SGD needs it.
@@ -79,13 +83,15 @@ def evaluate_nets(ghn: GHN2 | None, config: ml_collections.ConfigDict, nets: lis
             row['ghn_seconds'] = time.perf_counter() - t
         if run_sgd:
             cfgs = [finetune.TrainConfig(grad='bp', optimizer='momentum', learning_rate=sgd_lr, num_steps=steps,
-                                         batch_size=config.batch_size, seed=seed + i, log_every=max(1, steps))
+                                         batch_size=config.batch_size, seed=seed + i, log_every=max(1, steps),
+                                         grad_clip_norm=sgd_clip)
                     for steps in sgd_steps]
             # Constant learning rate: one jitted step serves every budget, so each net compiles once.
             step_fn = finetune.make_step(module, cfgs[0], finetune.make_optimizer(cfgs[0]))
             for steps, cfg in zip(sgd_steps, cfgs):
                 trained, _ = finetune.train_classifier(module, init, images.train, cfg, step_fn=step_fn)
-                row[f'sgd_{steps}'] = accuracy_of(module, trained, x_eval, y_eval, config.eval_batch_size)
+                column = f'sgd_{steps}' + (f'_clip{sgd_clip:g}' if sgd_clip else '')
+                row[column] = accuracy_of(module, trained, x_eval, y_eval, config.eval_batch_size)
         rows.append(row)
         host_memory.release()   # the lowering caches of this net's new op signatures
     return rows
@@ -130,13 +136,15 @@ def _results(split: str, batch_size: int, rows: list[dict[str, Any]]) -> dict[st
 
 def evaluate(ghn: GHN2 | None, config: ml_collections.ConfigDict, split: str, n_archs: int,
              sgd_steps: tuple[int, ...] = (), sgd_lr: float = 0.05, seed: int = 0,
-             sgd_archs: int | None = None, start: int = 0, random_init: bool = True) -> dict[str, Any]:
+             sgd_archs: int | None = None, start: int = 0, random_init: bool = True,
+             sgd_clip: float | None = None) -> dict[str, Any]:
     """Accuracies on architectures ``start .. start + n_archs - 1`` of a DeepNets-1M split (see
     :func:`evaluate_nets`); shard a long evaluation with ``start`` and join the parts with :func:`merge`."""
     from ghn_jax.train.meta_train import arch_description
     nets = [(f'{split}/{i}', *from_arch_json(arch_description(config, split, i)))
             for i in range(start, start + n_archs)]
-    rows = evaluate_nets(ghn, config, nets, sgd_steps, sgd_lr, sgd_archs, seed + start, split, random_init)
+    rows = evaluate_nets(ghn, config, nets, sgd_steps, sgd_lr, sgd_archs, seed + start, split, random_init,
+                         sgd_clip)
     return _results(split, config.eval_batch_size, rows)
 
 
@@ -182,21 +190,36 @@ def extra_net(name: str, config: ml_collections.ConfigDict) -> tuple[str, Any, t
 
 
 def plot(results: dict[str, Any], path: str) -> None:
-    """Bar chart of mean accuracy +- s.e. per method."""
+    """Bar chart of mean accuracy +- s.e. per method and, where nets have both, the GHN's accuracy against each SGD
+    baseline's net by net (a mean hides what this shows: on how many nets either wins, and failed baselines)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     names = list(results['summary'])
     means = [results['summary'][k]['mean'] for k in names]
     ses = [results['summary'][k]['se'] for k in names]
-    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.5))
+    rows = results.get('per_arch', [])
+    sgd = [k for k in names if k.startswith('sgd_') and any('ghn' in r and k in r for r in rows)]
+    fig, axes = plt.subplots(1, 2 if sgd else 1, figsize=(1.4 * len(names) + 2 + 4 * bool(sgd), 3.5), squeeze=False)
+    ax = axes[0, 0]
     labels = [f"{textwrap.fill(n.replace('_', ' '), 10)}\n(n={results['summary'][n]['n']})" for n in names]
     def colour(name: str):  # grey: random init; blue: the GHN (pale: earlier checkpoints, ghn_*); orange: SGD
         base = '0.6' if name == 'random_init' else 'C0' if name.startswith('ghn') else 'C1'
         return matplotlib.colors.to_rgba(base, 0.45 if name.startswith('ghn_') else 1.0)
     ax.bar(labels, means, yerr=ses, capsize=4, color=[colour(n) for n in names])
     ax.set_ylabel('top-1 accuracy (%)')
-    ax.set_title(f"{results['split']} architectures, accuracy mean ± s.e. over n nets")
+    ax.set_title(f"{results['split']} architectures, mean ± s.e. over n nets")
+    if sgd:
+        ax = axes[0, 1]
+        for i, k in enumerate(sgd):
+            both = [r for r in rows if 'ghn' in r and k in r]
+            higher = sum(r['ghn'] > r[k] for r in both)
+            ax.scatter([100 * r[k] for r in both], [100 * r['ghn'] for r in both], s=12, color=f'C{i + 1}',
+                       label=f"{k.replace('_', ' ')} steps: GHN higher on {higher} of {len(both)}")
+        ax.plot([0, 100], [0, 100], color='0.5', lw=0.8, ls='--')
+        ax.set(xlim=(0, 100), ylim=(0, 100), xlabel='accuracy after SGD from random init (%)',
+               ylabel='accuracy with GHN parameters (%)', title='net by net')
+        ax.legend(loc='upper left', fontsize=8)
     fig.savefig(path, dpi=120, bbox_inches='tight')
     plt.close(fig)
 
@@ -208,9 +231,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument('--split', default='test')
     parser.add_argument('--n', type=int, default=100)
     parser.add_argument('--start', type=int, default=0, help='first architecture index (to shard an evaluation)')
-    parser.add_argument('--merge', nargs='+', metavar='JSON', help='join results files (shards, or other methods on the same nets) and exit')
+    parser.add_argument('--merge', nargs='+', metavar='JSON',
+                        help='join results files (shards, or other methods on the same nets) and exit')
     parser.add_argument('--sgd-steps', default='', help='comma-separated SGD budgets, e.g. 100,1000')
     parser.add_argument('--sgd-lr', type=float, default=0.05)
+    parser.add_argument('--sgd-clip', type=float,
+                        help='clip SGD gradients to this global norm (the reference clips at 5): columns sgd_K_clipN')
     parser.add_argument('--sgd-archs', type=int, help='run the SGD baselines on the first N architectures only')
     parser.add_argument('--extra-sgd-max', type=int, default=100, help='largest SGD budget for the extra nets')
     parser.add_argument('--extra', default='', help='comma-separated extra nets: resnet18, bnfree (bnfree split #0)')
@@ -220,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="images per evaluation batch, whose statistics BatchNorm uses (default: the config's, "
                              '64 as the reference)')
     parser.add_argument('--out', help='write results json here')
-    parser.add_argument('--plot', help='write a bar chart here')
+    parser.add_argument('--plot', help='write a figure here (mean per method; GHN against SGD net by net)')
     args = parser.parse_args(argv)
     if args.merge:
         parts = []
@@ -234,12 +260,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ghn = GHN2.from_checkpoint(args.ghn) if args.ghn else None
     steps = tuple(int(s) for s in args.sgd_steps.split(',') if s)
     results = evaluate(ghn, config, args.split, args.n, steps, args.sgd_lr, sgd_archs=args.sgd_archs,
-                       start=args.start, random_init=not args.no_random_init)
+                       start=args.start, random_init=not args.no_random_init, sgd_clip=args.sgd_clip)
     extra = [e for e in args.extra.split(',') if e]
     if extra:
         rows = evaluate_nets(ghn, config, [extra_net(e, config) for e in extra],
                              tuple(k for k in steps if k <= args.extra_sgd_max), args.sgd_lr,
-                             random_init=not args.no_random_init)
+                             random_init=not args.no_random_init, sgd_clip=args.sgd_clip)
         results['extra'] = {r['net']: r for r in rows}
     return _report(results, args)
 

@@ -52,6 +52,8 @@ class TrainConfig:
     lr_decay: float = 1e-4
     momentum: float = 0.9
     weight_decay: float = 0.0
+    # Clip the gradient to this global norm before the optimiser (the reference's SGD training clips at 5).
+    grad_clip_norm: float | None = None
     num_steps: int = 1000
     batch_size: int = 64
     seed: int = 0
@@ -91,7 +93,7 @@ class TrainConfig:
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Config -> optax optimiser (with the chosen schedule and decoupled weight decay)."""
+    """Config -> optax optimiser (with the chosen schedule, decoupled weight decay and gradient clipping)."""
     if config.lr_schedule == "constant":
         lr: float | optax.Schedule = config.learning_rate
     elif config.lr_schedule == "cosine":
@@ -110,6 +112,8 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
         raise ValueError(f"Unsupported optimizer: {config.optimizer!r}")
     if config.weight_decay:
         opt = optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
+    if config.grad_clip_norm:
+        opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
     return opt
 
 
