@@ -198,24 +198,25 @@ def plot(results: dict[str, Any], path: str) -> None:
     names = list(results['summary'])
     means = [results['summary'][k]['mean'] for k in names]
     ses = [results['summary'][k]['se'] for k in names]
-    rows = results.get('per_arch', [])
-    sgd = [k for k in names if k.startswith('sgd_') and any('ghn' in r and k in r for r in rows)]
-    fig, axes = plt.subplots(1, 2 if sgd else 1, figsize=(1.4 * len(names) + 2 + 4 * bool(sgd), 3.5), squeeze=False)
+    sgd = [k for k in names if k.startswith('sgd_')]
+    pairs = {k: [r for r in results.get('per_arch', []) if 'ghn' in r and k in r] for k in sgd}
+    pairs = {k: both for k, both in pairs.items() if both}   # SGD baselines run on nets the GHN was evaluated on
+    fig, axes = plt.subplots(1, 2 if pairs else 1, figsize=(1.4 * len(names) + 2 + 4 * bool(pairs), 3.5),
+                             squeeze=False)
     ax = axes[0, 0]
     labels = [f"{textwrap.fill(n.replace('_', ' '), 10)}\n(n={results['summary'][n]['n']})" for n in names]
-    def colour(name: str):  # grey: random init; blue: the GHN (pale: earlier checkpoints, ghn_*); orange: SGD
-        base = '0.6' if name == 'random_init' else 'C0' if name.startswith('ghn') else 'C1'
+    def colour(name: str):  # grey: random init; blue: the GHN (pale: earlier checkpoints, ghn_*); C1, C2...: SGD
+        base = '0.6' if name == 'random_init' else 'C0' if name.startswith('ghn') else f'C{sgd.index(name) + 1}'
         return matplotlib.colors.to_rgba(base, 0.45 if name.startswith('ghn_') else 1.0)
     ax.bar(labels, means, yerr=ses, capsize=4, color=[colour(n) for n in names])
     ax.set_ylabel('top-1 accuracy (%)')
     ax.set_title(f"{results['split']} architectures, mean ± s.e. over n nets")
-    if sgd:
+    if pairs:
         ax = axes[0, 1]
-        for i, k in enumerate(sgd):
-            both = [r for r in rows if 'ghn' in r and k in r]
+        for k, both in pairs.items():
             higher = sum(r['ghn'] > r[k] for r in both)
-            ax.scatter([100 * r[k] for r in both], [100 * r['ghn'] for r in both], s=12, color=f'C{i + 1}',
-                       label=f"{k.replace('_', ' ')} steps: GHN higher on {higher} of {len(both)}")
+            ax.scatter([100 * r[k] for r in both], [100 * r['ghn'] for r in both], s=12, color=colour(k),
+                       label=f"{k.replace('_', ' ')}: GHN higher on {higher} of {len(both)}")
         ax.plot([0, 100], [0, 100], color='0.5', lw=0.8, ls='--')
         ax.set(xlim=(0, 100), ylim=(0, 100), xlabel='accuracy after SGD from random init (%)',
                ylabel='accuracy with GHN parameters (%)', title='net by net')
