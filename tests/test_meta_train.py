@@ -441,9 +441,9 @@ def test_evaluate_cli_reports_every_method(tmp_path):
                              '--sgd-steps', '3', '--sgd-archs', '1', '--extra', 'bnfree', '--out', str(out),
                              '--plot', str(tmp_path / 'results.png')])
     summary = results['summary']
-    assert set(summary) == {'random_init', 'ghn', 'sgd_3'}
-    assert summary['ghn']['n'] == 2 and summary['sgd_3']['n'] == 1
-    assert results['paired']['ghn - sgd_3']['n'] == 1 and results['paired']['ghn - random_init']['n'] == 2
+    assert set(summary) == {'random_init', 'ghn', 'sgd_3_clip5'}   # clipped at norm 5 by default, as the reference
+    assert summary['ghn']['n'] == 2 and summary['sgd_3_clip5']['n'] == 1
+    assert results['paired']['ghn - sgd_3_clip5']['n'] == 1 and results['paired']['ghn - random_init']['n'] == 2
     assert all(0.0 <= v['mean'] <= 100.0 for v in summary.values())
     assert 'bnfree' in results['extra'] and 'ghn' in results['extra']['bnfree']
     assert out.exists() and (tmp_path / 'results.png').stat().st_size > 1000
