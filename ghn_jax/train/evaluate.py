@@ -122,8 +122,8 @@ def paired_differences(rows: list[dict[str, Any]], method: str = 'ghn') -> dict[
     methods on one net, so this says more than comparing the two means of :func:`summarise`."""
     out = {}
     for other in methods(rows):
-        diffs = [100 * (r[method] - r[other]) for r in rows if method in r and other in r and other != method]
-        if diffs:
+        diffs = [100 * (r[method] - r[other]) for r in rows if method in r and other in r]
+        if diffs and other != method:
             mean, se = mean_se(diffs)
             out[f'{method} - {other}'] = {'n': len(diffs), 'mean': mean, 'se': se, 'median': float(np.median(diffs)),
                                           'higher_on': sum(d > 0 for d in diffs)}
@@ -200,8 +200,11 @@ def plot(results: dict[str, Any], path: str) -> None:
     means = [results['summary'][k]['mean'] for k in names]
     ses = [results['summary'][k]['se'] for k in names]
     sgd = [k for k in names if k.startswith('sgd_')]
-    pairs = {k: [r for r in results.get('per_arch', []) if 'ghn' in r and k in r] for k in sgd}
-    pairs = {k: both for k, both in pairs.items() if both}   # SGD baselines run on nets the GHN was evaluated on
+    pairs = {}   # SGD baselines run on nets the GHN was evaluated on -> those nets
+    for k in sgd:
+        both = [r for r in results.get('per_arch', []) if 'ghn' in r and k in r]
+        if both:
+            pairs[k] = both
     fig, axes = plt.subplots(1, 2 if pairs else 1, figsize=(1.4 * len(names) + 2 + 4 * bool(pairs), 3.5),
                              squeeze=False)
     ax = axes[0, 0]
