@@ -448,11 +448,14 @@ def test_evaluate_cli_reports_every_method(tmp_path):
     assert 'bnfree' in results['extra'] and 'ghn' in results['extra']['bnfree']
     assert out.exists() and (tmp_path / 'results.png').stat().st_size > 1000
     # without the random baseline (no whole-net init compile): only the GHN column, parameter counts unchanged
+    # a named GHN column (two checkpoints merge side by side)
     quick = evaluate.main(['--ghn', ghn_path, '--config', os.path.join(ROOT, 'configs', 'test.py'), '--n', '1',
-                           '--no-random-init'])
-    assert set(quick['summary']) == {'ghn'}
+                           '--no-random-init', '--ghn-name', 'ghn_again'])
+    assert set(quick['summary']) == {'ghn_again'} and 'ghn_again_seconds' in quick['per_arch'][0]
     assert quick['per_arch'][0]['n_params'] == results['per_arch'][0]['n_params']
-    assert quick['per_arch'][0]['ghn'] == results['per_arch'][0]['ghn']
+    assert quick['per_arch'][0]['ghn_again'] == results['per_arch'][0]['ghn']
+    with pytest.raises(SystemExit):   # a column that does not say it is a GHN's
+        evaluate.main(['--ghn', ghn_path, '--ghn-name', 'cosine'])
     assert results['eval_batch_size'] == config.eval_batch_size
 
 
@@ -494,6 +497,11 @@ def test_merge_joins_methods_evaluated_apart_and_pairs_them():
     assert paired['n'] == 2 and abs(paired['mean']) < 1e-9 and abs(paired['se'] - 10.0) < 1e-9
     assert paired['higher_on'] == 1
     assert abs(merged['paired']['ghn - random_init']['mean'] - 60.0) < 1e-9
+    # a second GHN's column pairs with the first once, and with every baseline
+    other = evaluate.merge([merged, part([{'net': 'test/0', 'n_params': 10, 'ghn_b': 0.7, 'ghn_b_seconds': 2.0}])])
+    assert list(other['summary']) == ['ghn', 'random_init', 'sgd_100', 'ghn_b']
+    assert abs(other['paired']['ghn - ghn_b']['mean'] + 20.0) < 1e-9 and 'ghn_b - ghn' not in other['paired']
+    assert abs(other['paired']['ghn_b - sgd_100']['mean'] - 10.0) < 1e-9
     with pytest.raises(ValueError, match="overlap: test/2 has \\['ghn'\\]"):
         evaluate.merge([ghn, part([{'net': 'test/2', 'n_params': 12, 'ghn': 0.3}])])
     with pytest.raises(ValueError, match='architecture caps'):

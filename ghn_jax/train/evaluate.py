@@ -53,7 +53,7 @@ def mean_se(values) -> tuple[float, float]:
 def evaluate_nets(ghn: GHN2 | None, config: ml_collections.ConfigDict, nets: list[tuple[str, Any, tuple]],
                   sgd_steps: tuple[int, ...] = (), sgd_lr: float = 0.05, sgd_nets: int | None = None,
                   seed: int = 0, split: str = 'test', random_init: bool = True,
-                  sgd_clip: float | None = 5.0) -> list[dict[str, Any]]:
+                  sgd_clip: float | None = 5.0, ghn_name: str = 'ghn') -> list[dict[str, Any]]:
     """Per-net accuracies of GHN-predicted params, random init, and SGD from random init (first ``sgd_nets``).
 
     SGD clips gradients at global norm ``sgd_clip`` as the reference's SGD training does (5; without it SGD-100 at
@@ -61,7 +61,8 @@ def evaluate_nets(ghn: GHN2 | None, config: ml_collections.ConfigDict, nets: lis
     or ``sgd_<steps>`` when ``sgd_clip`` is None, so results of the two baselines never merge into one column.
 
     ``random_init=False`` skips the random-initialisation baseline (it does not depend on the GHN, and
-    initialising compiles each whole network, 3-30 s per net on a 2-core CPU) unless SGD needs it.
+    initialising compiles each whole network, 3-30 s per net on a 2-core CPU) unless SGD needs it. The GHN's
+    column is ``ghn_name`` (``ghn_<label>`` tells two checkpoints apart when their results are merged).
     """
     from ghn_jax.train import finetune
     from ghn_jax.train.meta_train import load_image_data
@@ -80,8 +81,8 @@ def evaluate_nets(ghn: GHN2 | None, config: ml_collections.ConfigDict, nets: lis
             row['random_init'] = accuracy_of(module, init, x_eval, y_eval, config.eval_batch_size)
         if ghn is not None:
             t = time.perf_counter()
-            row['ghn'] = accuracy_of(module, ghn.predict(module, shape), x_eval, y_eval, config.eval_batch_size)
-            row['ghn_seconds'] = time.perf_counter() - t
+            row[ghn_name] = accuracy_of(module, ghn.predict(module, shape), x_eval, y_eval, config.eval_batch_size)
+            row[f'{ghn_name}_seconds'] = time.perf_counter() - t
         if run_sgd:
             cfgs = [finetune.TrainConfig(grad='bp', optimizer='momentum', learning_rate=sgd_lr, num_steps=steps,
                                          batch_size=config.batch_size, seed=seed + i, log_every=max(1, steps),
@@ -102,7 +103,7 @@ def methods(rows: list[dict[str, Any]]) -> list[str]:
     """The methods (accuracy columns) of ``rows`` in order of first appearance."""
     names: list[str] = []
     for r in rows:
-        names += [k for k in r if k not in ('net', 'n_params', 'ghn_seconds') and k not in names]
+        names += [k for k in r if k not in ('net', 'n_params') and not k.endswith('_seconds') and k not in names]
     return names
 
 
@@ -130,22 +131,31 @@ def paired_differences(rows: list[dict[str, Any]], method: str = 'ghn') -> dict[
     return out
 
 
+def _ghn_pairs(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Paired differences of every GHN column (``ghn``, ``ghn_<label>``) against the other methods, each pair once."""
+    ghns = [m for m in methods(rows) if m.startswith('ghn')]
+    out = {}
+    for i, m in enumerate(ghns):
+        out.update({k: v for k, v in paired_differences(rows, m).items() if k.split(' - ')[1] not in ghns[:i]})
+    return out
+
+
 def _results(split: str, batch_size: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {'split': split, 'n_archs': len(rows), 'eval_batch_size': batch_size, 'summary': summarise(rows),
-            'paired': paired_differences(rows), 'per_arch': rows}
+            'paired': _ghn_pairs(rows), 'per_arch': rows}
 
 
 def evaluate(ghn: GHN2 | None, config: ml_collections.ConfigDict, split: str, n_archs: int,
              sgd_steps: tuple[int, ...] = (), sgd_lr: float = 0.05, seed: int = 0,
              sgd_archs: int | None = None, start: int = 0, random_init: bool = True,
-             sgd_clip: float | None = 5.0) -> dict[str, Any]:
+             sgd_clip: float | None = 5.0, ghn_name: str = 'ghn') -> dict[str, Any]:
     """Accuracies on architectures ``start .. start + n_archs - 1`` of a DeepNets-1M split (see
     :func:`evaluate_nets`); shard a long evaluation with ``start`` and join the parts with :func:`merge`."""
     from ghn_jax.train.meta_train import arch_description
     nets = [(f'{split}/{i}', *from_arch_json(arch_description(config, split, i)))
             for i in range(start, start + n_archs)]
     rows = evaluate_nets(ghn, config, nets, sgd_steps, sgd_lr, sgd_archs, seed + start, split, random_init,
-                         sgd_clip)
+                         sgd_clip, ghn_name)
     return _results(split, config.eval_batch_size, rows)
 
 
@@ -191,8 +201,8 @@ def extra_net(name: str, config: ml_collections.ConfigDict) -> tuple[str, Any, t
 
 
 def plot(results: dict[str, Any], path: str) -> None:
-    """Bar chart of mean accuracy +- s.e. per method and, where nets have both, the GHN's accuracy against each SGD
-    baseline's net by net (a mean hides what this shows: on how many nets either wins, and failed baselines)."""
+    """Bar chart of mean accuracy +- s.e. per method and, where nets have both, the (first) GHN's accuracy against
+    each SGD baseline's net by net (a mean hides what this shows: on how many nets either wins, failed baselines)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -200,30 +210,31 @@ def plot(results: dict[str, Any], path: str) -> None:
     means = [results['summary'][k]['mean'] for k in names]
     ses = [results['summary'][k]['se'] for k in names]
     sgd = [k for k in names if k.startswith('sgd_')]
+    ghn = next((k for k in names if k.startswith('ghn')), None)
     pairs = {}   # SGD baselines run on nets the GHN was evaluated on -> those nets
     for k in sgd:
-        both = [r for r in results.get('per_arch', []) if 'ghn' in r and k in r]
+        both = [r for r in results.get('per_arch', []) if ghn in r and k in r]
         if both:
             pairs[k] = both
     fig, axes = plt.subplots(1, 2 if pairs else 1, figsize=(1.4 * len(names) + 2 + 4 * bool(pairs), 3.5),
                              squeeze=False)
     ax = axes[0, 0]
     labels = [f"{textwrap.fill(n.replace('_', ' '), 10)}\n(n={results['summary'][n]['n']})" for n in names]
-    def colour(name: str):  # grey: random init; blue: the GHN (pale: earlier checkpoints, ghn_*); C1, C2...: SGD
+    def colour(name: str):  # grey: random init; blue: the GHN (pale: any further GHN column); C1, C2...: SGD
         base = '0.6' if name == 'random_init' else 'C0' if name.startswith('ghn') else f'C{sgd.index(name) + 1}'
-        return matplotlib.colors.to_rgba(base, 0.45 if name.startswith('ghn_') else 1.0)
+        return matplotlib.colors.to_rgba(base, 0.45 if name.startswith('ghn') and name != ghn else 1.0)
     ax.bar(labels, means, yerr=ses, capsize=4, color=[colour(n) for n in names])
     ax.set_ylabel('top-1 accuracy (%)')
     ax.set_title(f"{results['split']} architectures, mean ± s.e. over n nets")
     if pairs:
         ax = axes[0, 1]
         for k, both in pairs.items():
-            higher = sum(r['ghn'] > r[k] for r in both)
-            ax.scatter([100 * r[k] for r in both], [100 * r['ghn'] for r in both], s=12, color=colour(k),
-                       label=f"{k.replace('_', ' ')}: GHN higher on {higher} of {len(both)}")
+            higher = sum(r[ghn] > r[k] for r in both)
+            ax.scatter([100 * r[k] for r in both], [100 * r[ghn] for r in both], s=12, color=colour(k),
+                       label=f"{k.replace('_', ' ')}: {ghn} higher on {higher} of {len(both)}")
         ax.plot([0, 100], [0, 100], color='0.5', lw=0.8, ls='--')
         ax.set(xlim=(0, 100), ylim=(0, 100), xlabel='accuracy after SGD from random init (%)',
-               ylabel='accuracy with GHN parameters (%)', title='net by net')
+               ylabel=f'accuracy with {ghn} parameters (%)', title='net by net')
         ax.legend(loc='upper left', fontsize=8)
     fig.savefig(path, dpi=120, bbox_inches='tight')
     plt.close(fig)
@@ -232,6 +243,8 @@ def plot(results: dict[str, Any], path: str) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description='Evaluate a GHN on DeepNets-1M architectures.')
     parser.add_argument('--ghn', help='GHN checkpoint (.npz / .pt / training workdir); omit for baselines only')
+    parser.add_argument('--ghn-name', default='ghn',
+                        help="the GHN's column: ghn or ghn_<label>, to merge and pair two checkpoints' results")
     parser.add_argument('--config', default='configs/fashion_mnist_cpu.py', help='config file (data + archs)')
     parser.add_argument('--split', default='test')
     parser.add_argument('--n', type=int, default=100)
@@ -253,6 +266,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument('--out', help='write results json here')
     parser.add_argument('--plot', help='write a figure here (mean per method; GHN against SGD net by net)')
     args = parser.parse_args(argv)
+    if not (args.ghn_name == 'ghn' or args.ghn_name.startswith('ghn_')):
+        parser.error(f'--ghn-name {args.ghn_name!r}: use ghn or ghn_<label>, so that results know it for a GHN')
     if args.merge:
         parts = []
         for path in args.merge:
@@ -265,12 +280,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ghn = GHN2.from_checkpoint(args.ghn) if args.ghn else None
     steps = tuple(int(s) for s in args.sgd_steps.split(',') if s)
     results = evaluate(ghn, config, args.split, args.n, steps, args.sgd_lr, sgd_archs=args.sgd_archs,
-                       start=args.start, random_init=not args.no_random_init, sgd_clip=args.sgd_clip or None)
+                       start=args.start, random_init=not args.no_random_init, sgd_clip=args.sgd_clip or None,
+                       ghn_name=args.ghn_name)
     extra = [e for e in args.extra.split(',') if e]
     if extra:
         rows = evaluate_nets(ghn, config, [extra_net(e, config) for e in extra],
                              tuple(k for k in steps if k <= args.extra_sgd_max), args.sgd_lr,
-                             random_init=not args.no_random_init, sgd_clip=args.sgd_clip or None)
+                             random_init=not args.no_random_init, sgd_clip=args.sgd_clip or None,
+                             ghn_name=args.ghn_name)
         results['extra'] = {r['net']: r for r in rows}
     return _report(results, args)
 
