@@ -466,11 +466,13 @@ def test_merge_joins_evaluation_shards_and_rejects_overlap():
         out = {'split': split, 'n_archs': len(rows), 'eval_batch_size': batch, 'summary': evaluate.summarise(rows),
                'per_arch': rows}
         return {**out, 'extra': extra} if extra else out
-    merged = evaluate.merge([part(10, [0.3]), part(0, [0.1, 0.2]), part(0, [], extra={'resnet18': {'ghn': 0.5}})])
+    resnet = {'net': 'resnet18', 'n_params': 99}
+    merged = evaluate.merge([part(10, [0.3]), part(0, [0.1, 0.2]), part(0, [], extra={'resnet18': {**resnet, 'ghn': 0.5}}),
+                             part(0, [], extra={'resnet18': {**resnet, 'sgd_100': 0.8}})])   # extra nets join too
     assert [r['net'] for r in merged['per_arch']] == ['test/0', 'test/1', 'test/10']
     assert merged['eval_batch_size'] == 64
     assert merged['summary']['ghn']['n'] == 3 and abs(merged['summary']['ghn']['mean'] - 20.0) < 1e-9
-    assert merged['extra'] == {'resnet18': {'ghn': 0.5}}
+    assert merged['extra'] == {'resnet18': {**resnet, 'ghn': 0.5, 'sgd_100': 0.8}}
     with pytest.raises(ValueError, match='overlap'):
         evaluate.merge([part(0, [0.1, 0.2]), part(1, [0.3])])
     with pytest.raises(ValueError, match='different splits'):

@@ -169,8 +169,19 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     if len(batches) != 1:
         raise ValueError(f'cannot merge results evaluated with different batch sizes: {sorted(map(str, batches))} '
                          '(BatchNorm uses each batch\'s statistics, so the accuracies are not comparable)')
+    by_net = _join_rows(r for p in parts for r in p['per_arch'])
+    rows = sorted(by_net.values(), key=lambda r: int(r['net'].rsplit('/', 1)[1]))
+    merged = _results(splits.pop(), batches.pop(), rows)
+    extra = _join_rows(r for p in parts for r in p.get('extra', {}).values())
+    if extra:
+        merged['extra'] = extra
+    return merged
+
+
+def _join_rows(rows) -> dict[str, dict[str, Any]]:
+    """Per-net rows of several parts -> one row per net with every part's methods (each method once per net)."""
     by_net: dict[str, dict[str, Any]] = {}
-    for r in (r for p in parts for r in p['per_arch']):
+    for r in rows:
         row = by_net.setdefault(r['net'], {'net': r['net'], 'n_params': r['n_params']})
         if r['n_params'] != row['n_params']:
             raise ValueError(f"{r['net']} has {r['n_params']} parameters in one part and {row['n_params']} in "
@@ -179,12 +190,7 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
         if twice:
             raise ValueError(f"the parts overlap: {r['net']} has {sorted(twice)} in two of them")
         row.update(r)
-    rows = sorted(by_net.values(), key=lambda r: int(r['net'].rsplit('/', 1)[1]))
-    merged = _results(splits.pop(), batches.pop(), rows)
-    extra = {k: v for p in parts for k, v in p.get('extra', {}).items()}
-    if extra:
-        merged['extra'] = extra
-    return merged
+    return by_net
 
 
 def extra_net(name: str, config: ml_collections.ConfigDict) -> tuple[str, Any, tuple]:
