@@ -447,8 +447,8 @@ def test_evaluate_cli_reports_every_method(tmp_path):
     assert all(0.0 <= v['mean'] <= 100.0 for v in summary.values())
     assert 'bnfree' in results['extra'] and 'ghn' in results['extra']['bnfree']
     assert out.exists() and (tmp_path / 'results.png').stat().st_size > 1000
-    # without the random baseline (no whole-net init compile): only the GHN column, parameter counts unchanged
-    # a named GHN column (two checkpoints merge side by side)
+    # without the random baseline (no whole-net init compile), under a named column (two checkpoints merge side by
+    # side): only the GHN column, parameter counts unchanged
     quick = evaluate.main(['--ghn', ghn_path, '--config', os.path.join(ROOT, 'configs', 'test.py'), '--n', '1',
                            '--no-random-init', '--ghn-name', 'ghn_again'])
     assert set(quick['summary']) == {'ghn_again'} and 'ghn_again_seconds' in quick['per_arch'][0]

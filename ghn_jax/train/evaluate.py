@@ -217,11 +217,8 @@ def plot(results: dict[str, Any], path: str) -> None:
     ses = [results['summary'][k]['se'] for k in names]
     sgd = [k for k in names if k.startswith('sgd_')]
     ghn = next((k for k in names if k.startswith('ghn')), None)
-    pairs = {}   # SGD baselines run on nets the GHN was evaluated on -> those nets
-    for k in sgd:
-        both = [r for r in results.get('per_arch', []) if ghn in r and k in r]
-        if both:
-            pairs[k] = both
+    pairs = {k: [r for r in results.get('per_arch', []) if ghn in r and k in r] for k in sgd}
+    pairs = {k: both for k, both in pairs.items() if both}   # SGD baselines run on nets the GHN was evaluated on
     fig, axes = plt.subplots(1, 2 if pairs else 1, figsize=(1.4 * len(names) + 2 + 4 * bool(pairs), 3.5),
                              squeeze=False)
     ax = axes[0, 0]
