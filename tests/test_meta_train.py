@@ -473,6 +473,8 @@ def test_merge_joins_evaluation_shards_and_rejects_overlap():
     assert merged['eval_batch_size'] == 64
     assert merged['summary']['ghn']['n'] == 3 and abs(merged['summary']['ghn']['mean'] - 20.0) < 1e-9
     assert merged['extra'] == {'resnet18': {**resnet, 'ghn': 0.5, 'sgd_100': 0.8}}
+    noted = evaluate.merge([{**part(0, [0.1]), 'note': 'a', 'ghn_meta_steps': 9}, {**part(1, [0.2]), 'note': 'b'}])
+    assert noted['ghn_meta_steps'] == 9 and noted['note'] == ['a', 'b'] and noted['n_archs'] == 2   # hand-written keys stay
     with pytest.raises(ValueError, match='overlap'):
         evaluate.merge([part(0, [0.1, 0.2]), part(1, [0.3])])
     with pytest.raises(ValueError, match='different splits'):

@@ -175,6 +175,11 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     extra = _join_rows(r for p in parts for r in p.get('extra', {}).values())
     if extra:
         merged['extra'] = extra
+    # Keys written by hand (a note, the GHN's meta-steps) travel on: one value, or the parts' distinct values in order.
+    for key in dict.fromkeys(k for p in parts for k in p if k not in merged and k != 'per_arch'):
+        values = [p[key] for p in parts if key in p]
+        distinct = [v for i, v in enumerate(values) if v not in values[:i]]
+        merged[key] = distinct[0] if len(distinct) == 1 else distinct
     return merged
 
 
