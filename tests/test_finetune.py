@@ -37,6 +37,32 @@ def test_train_classifier_learns_with_each_gradient_source(grad):
     assert ("head_0" in final) == (grad == "fg_local")
 
 
+def test_progress_bar_counts_finished_steps_and_leaves_training_unchanged(monkeypatch):
+    seen = []
+
+    class Bar:   # records what train_classifier shows
+        def __init__(self, total, desc, leave, disable):
+            self.n, self.desc, self.disable, self.updates, self.closed = 0, desc, disable, [], False
+            seen.append(self)
+
+        def update(self, k):
+            self.n += k
+            self.updates.append(self.n)
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(finetune, "tqdm", Bar)
+    net = ll.make_mlp(hidden=(16,), num_classes=4)
+    params = net.init(jax.random.key(0), TRAIN[0][:1])["params"]
+    config = dict(grad="bp", num_steps=25, batch_size=32, log_every=25, **SETTINGS["bp"])
+    quiet, _ = finetune.train_classifier(net, params, TRAIN, config)
+    shown, _ = finetune.train_classifier(net, params, TRAIN, config, progress="net: 25 SGD steps")
+    assert [(b.disable, b.desc, b.updates, b.closed) for b in seen] == [
+        (True, None, [], True), (False, "net: 25 SGD steps", [10, 20, 25], True)]
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(quiet), jax.tree.leaves(shown)))
+
+
 @pytest.mark.skipif(not os.environ.get("GHN_SLOW_TESTS"), reason="compiles a GHN (~20 s); set GHN_SLOW_TESTS=1")
 def test_finetune_ghn_predicted_params_with_forward_gradients():
     from configs import test as test_config

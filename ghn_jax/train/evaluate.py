@@ -91,7 +91,8 @@ def evaluate_nets(ghn: GHN2 | None, config: ml_collections.ConfigDict, nets: lis
             # Constant learning rate: one jitted step serves every budget, so each net compiles once.
             step_fn = finetune.make_step(module, cfgs[0], finetune.make_optimizer(cfgs[0]))
             for steps, cfg in zip(sgd_steps, cfgs):
-                trained, _ = finetune.train_classifier(module, init, images.train, cfg, step_fn=step_fn)
+                trained, _ = finetune.train_classifier(module, init, images.train, cfg, step_fn=step_fn,
+                                                       progress=f'{name}: {steps} SGD steps')
                 column = f'sgd_{steps}' + (f'_clip{sgd_clip:g}' if sgd_clip else '')
                 row[column] = accuracy_of(module, trained, x_eval, y_eval, config.eval_batch_size)
         rows.append(row)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 from ghn_jax.train import data as data_lib
 from ghn_jax.train import forward_grad
@@ -202,6 +203,7 @@ def train_classifier(
     *,
     test_data: Dataset | None = None,
     step_fn: Callable | None = None,
+    progress: str | None = None,
 ) -> tuple[PyTree, dict[str, list]]:
     """Trains `params` of a Flax classifier on (images, labels) with BP or forward gradients.
 
@@ -212,6 +214,8 @@ def train_classifier(
       config: `TrainConfig` or mapping with its fields.
       step_fn: optional prebuilt `make_step(...)` result (reused across runs to
         avoid recompiling).
+      progress: a description to show a progress bar with ETA under (None: no bar); the bar waits for every
+        tenth step, so that it shows steps done, not steps queued.
 
     Returns:
       (params, history). history['train'] holds {step, time, loss} every
@@ -244,12 +248,16 @@ def train_classifier(
         history["eval"].append({"step": step_i, "time": elapsed, **metrics})
 
     elapsed, pending = 0.0, []
+    bar = tqdm(total=config.num_steps, desc=progress, leave=False, disable=progress is None)
     run_eval(0, 0.0)
     t0 = time.perf_counter()
     for i in range(1, config.num_steps + 1):
         x, y = next(batches)
         params, opt_state, loss = step(params, opt_state, jax.random.fold_in(step_key, i), x, y)
         pending.append(loss)
+        if progress is not None and (i % 10 == 0 or i == config.num_steps):
+            loss.block_until_ready()
+            bar.update(i - bar.n)
         log_now = i % config.log_every == 0 or i == config.num_steps
         eval_now = config.eval_every and i % config.eval_every == 0 and i != config.num_steps
         if log_now or eval_now:
@@ -263,5 +271,6 @@ def train_classifier(
             if eval_now:
                 run_eval(i, elapsed)
             t0 = time.perf_counter()
+    bar.close()
     run_eval(history["train"][-1]["step"] if history["train"] else 0, elapsed)
     return params, history
