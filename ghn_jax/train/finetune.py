@@ -255,7 +255,7 @@ def train_classifier(
         x, y = next(batches)
         params, opt_state, loss = step(params, opt_state, jax.random.fold_in(step_key, i), x, y)
         pending.append(loss)
-        if progress is not None and (i % 10 == 0 or i == config.num_steps):
+        if not bar.disable and (i % 10 == 0 or i == config.num_steps):
             loss.block_until_ready()
             bar.update(i - bar.n)
         log_now = i % config.log_every == 0 or i == config.num_steps
