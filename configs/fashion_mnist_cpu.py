@@ -5,17 +5,20 @@ architectures are small DeepNets-1M nets (at most 6 cells, C <= 32). On 2 CPU co
 (op compiles) and later ones 1-2.5 s, so 3000 steps take about 1.5 hours; the run checkpoints every 100 steps and on
 SIGTERM, and resumes where it stopped (docs/meta_training.md). A longer run keeps the schedule's shape:
 ``--config=configs/fashion_mnist_cpu.py:5000`` trains 5000 steps with the learning-rate drops at 2/3 and 5/6 of them
-(overriding ``--config.num_steps`` alone would leave the drops at steps 2000 and 2500).
+(overriding ``--config.num_steps`` alone would leave the drops at steps 2000 and 2500). An image batch other than 64
+goes after the length, ``:5000,32``, for the same reason: the drops are placed in epochs of that batch.
 """
 from ghn_jax.train.config import base_config
 
 
-def get_config(num_steps: str | None = None):
+def get_config(arg: str | None = None):
+    """``arg``: ``'<num_steps>'`` or ``'<num_steps>,<batch_size>'`` (default 3000 steps of 64 images)."""
+    num_steps, _, batch_size = (arg or '').partition(',')
     c = base_config()
     c.data.update(name='fashion_mnist', augment=False, holdout_fraction=0.1)
     c.archs.update(max_cells=6, max_channels=32)
     c.meta_batch_size = 4
-    c.batch_size = 64
+    c.batch_size = int(batch_size or 64)
     c.num_steps = int(num_steps or 3000)
     # The reference's step decay (x0.1 at 2/3 and 5/6 of the run), in epochs of 54,000 images / 64 = 843 steps.
     c.lr_milestones = tuple(f * c.num_steps / (54_000 // c.batch_size) for f in (2 / 3, 5 / 6))

@@ -53,13 +53,13 @@ def _kept_buffers(pullback) -> dict[int, int]:
             if isinstance(a, jax.Array)}
 
 
-@pytest.mark.parametrize('arg, num_steps', [(None, 3000), ('4500', 4500)])
-def test_fashion_config_drops_the_learning_rate_at_two_thirds_and_five_sixths(arg, num_steps):
+@pytest.mark.parametrize('arg, num_steps, batch_size', [(None, 3000, 64), ('4500', 4500, 64), ('6000,32', 6000, 32)])
+def test_fashion_config_drops_the_learning_rate_at_two_thirds_and_five_sixths(arg, num_steps, batch_size):
     from configs import fashion_mnist_cpu
     config = fashion_mnist_cpu.get_config(arg)
     steps_per_epoch = 54_000 // config.batch_size   # Fashion-MNIST's 60,000 minus the 10% held out
     drops = [int(m * steps_per_epoch) for m in config.lr_milestones]   # as meta_train.make_optimizer places them
-    assert config.num_steps == num_steps
+    assert (config.num_steps, config.batch_size) == (num_steps, batch_size)
     assert drops == pytest.approx([2 * num_steps / 3, 5 * num_steps / 6], abs=1)
 
 
