@@ -473,8 +473,10 @@ def test_merge_joins_evaluation_shards_and_rejects_overlap():
     assert merged['eval_batch_size'] == 64
     assert merged['summary']['ghn']['n'] == 3 and abs(merged['summary']['ghn']['mean'] - 20.0) < 1e-9
     assert merged['extra'] == {'resnet18': {**resnet, 'ghn': 0.5, 'sgd_100': 0.8}}
-    noted = evaluate.merge([{**part(0, [0.1]), 'note': 'a', 'ghn_meta_steps': 9}, {**part(1, [0.2]), 'note': 'b'}])
+    noted = evaluate.merge([{**part(0, [0.1]), 'note': 'a', 'ghn_meta_steps': 9, 'by_trait': {'norm': {}}},
+                            {**part(1, [0.2]), 'note': 'b'}])
     assert noted['ghn_meta_steps'] == 9 and noted['note'] == ['a', 'b'] and noted['n_archs'] == 2   # hand-written keys stay
+    assert 'by_trait' not in noted   # computed from the rows: stale once rows join
     with pytest.raises(ValueError, match='overlap'):
         evaluate.merge([part(0, [0.1, 0.2]), part(1, [0.3])])
     with pytest.raises(ValueError, match='different splits'):
@@ -510,6 +512,34 @@ def test_merge_joins_methods_evaluated_apart_and_pairs_them():
         evaluate.merge([ghn, part([{'net': 'test/2', 'n_params': 12, 'ghn': 0.3}])])
     with pytest.raises(ValueError, match='architecture caps'):
         evaluate.merge([ghn, part([{'net': 'test/1', 'n_params': 99, 'sgd_100': 0.3}])])
+
+
+def test_by_trait_splits_the_paired_difference_over_groups_of_nets(tmp_path):
+    """Every trait's groups hold all nets once, and their paired differences add up to the overall one."""
+    from ghn_jax.train import evaluate
+    from ghn_jax.train.meta_train import arch_description
+    rows = [{'net': f'test/{i}', 'n_params': 10, 'ghn': 0.1 * i, 'sgd_100': 0.5} for i in range(8)]
+    path = tmp_path / 'results.json'
+    path.write_text(json.dumps({'split': 'test', 'n_archs': 8, 'eval_batch_size': 64, 'per_arch': rows}))
+    results = evaluate.main(['--merge', str(path), '--by-trait', 'sgd_100',
+                             '--config', os.path.join(ROOT, 'configs', 'test.py')])
+    traits = results['by_trait']
+    assert traits and all(len(groups) > 1 for groups in traits.values())   # only traits that split the nets
+    overall = results['paired']['ghn - sgd_100']['mean']
+    for groups in traits.values():
+        assert sum(g['n'] for g in groups.values()) == 8
+        assert abs(sum(g['n'] * g['mean'] for g in groups.values()) / 8 - overall) < 1e-9
+        assert all(abs(g['ghn'] - g['sgd_100'] - g['mean']) < 1e-9 for g in groups.values())
+    # a net is counted where its own description puts it
+    config = test_config.get_config()
+    used = [{op for cell in ('normal', 'reduce') for op, _ in arch_description(config, 'test', i)['genotype'][cell]}
+            for i in range(8)]
+    op_traits = [t for t in traits if t.startswith('op ')]
+    assert op_traits
+    for trait in op_traits:
+        assert traits[trait]['with']['n'] == sum(trait[3:] in ops for ops in used)
+    with pytest.raises(ValueError, match="no net has both 'ghn' and 'sgd_1000'"):
+        evaluate.by_trait(rows, config, 'sgd_1000')
 
 
 def test_metrics_of_a_resumed_run_keep_the_rows_of_the_run_that_went_on(tmp_path):

@@ -7,7 +7,8 @@ CLI::
 
 A long evaluation can be split into shards (``--start 0 --n 14``, ``--start 14 --n 14``, ...) run in parallel and
 joined with ``--merge shard*.json --out results.json``; ``--merge`` also joins evaluations of the same nets by
-different methods (a new GHN's results with the baselines' of an earlier run).
+different methods (a new GHN's results with the baselines' of an earlier run). ``--by-trait sgd_100_clip5`` splits
+the GHN's difference to a baseline over groups of nets that share a trait (BN-free, attention, ...).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ghn_jax import host_memory
 from ghn_jax.hypernet.predictor import GHN2
-from ghn_jax.nets import from_arch_json
+from ghn_jax.nets import deepnets_generator, from_arch_json
 from ghn_jax.train.config import load_config
 from ghn_jax.train.targets import net_logits
 
@@ -177,7 +178,8 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     if extra:
         merged['extra'] = extra
     # Keys written by hand (a note, the GHN's meta-steps) travel on: one value, or the parts' distinct values in order.
-    for key in dict.fromkeys(k for p in parts for k in p if k not in merged and k != 'per_arch'):
+    # What is computed from the rows does not (a part's by_trait is redone with --by-trait).
+    for key in dict.fromkeys(k for p in parts for k in p if k not in merged and k not in ('per_arch', 'by_trait')):
         values = [p[key] for p in parts if key in p]
         distinct = [v for i, v in enumerate(values) if v not in values[:i]]
         merged[key] = distinct[0] if len(distinct) == 1 else distinct
@@ -197,6 +199,40 @@ def _join_rows(rows) -> dict[str, dict[str, Any]]:
             raise ValueError(f"the parts overlap: {r['net']} has {sorted(twice)} in two of them")
         row.update(r)
     return by_net
+
+
+def architecture_traits(description: dict[str, Any]) -> dict[str, str]:
+    """Traits of a DeepNets-1M description that :func:`by_trait` groups nets by: normalisation, global pooling,
+    number of cells, stem, and for every op type of the space whether the net's cells use it."""
+    args, genotype = description['network_args'], description['genotype']
+    used = {op for cell in ('normal', 'reduce') for op, _ in genotype[cell]}
+    traits = {k: str(args[k]) for k in ('norm', 'glob_avg', 'n_cells', 'stem_type', 'C_mult', 'fc_layers')}
+    traits.update({f'op {op}': 'with' if op in used else 'without' for op in deepnets_generator.CANDIDATE_OPS})
+    return traits
+
+
+def by_trait(rows: list[dict[str, Any]], config: ml_collections.ConfigDict, against: str,
+             method: str = 'ghn') -> dict[str, dict[str, dict[str, float]]]:
+    """``method`` minus ``against`` net by net (percentage points, as :func:`paired_differences`), within the
+    groups of nets that share a trait (:func:`architecture_traits`), for the traits that split the nets: where a
+    gap comes from. ``config`` must be the evaluation's (its architecture caps rebuild the nets' descriptions)."""
+    from ghn_jax.train.meta_train import arch_description
+    groups: dict[str, dict[str, list]] = {}
+    for r in rows:
+        if method in r and against in r:
+            split, index = r['net'].rsplit('/', 1)
+            for trait, value in architecture_traits(arch_description(config, split, int(index))).items():
+                groups.setdefault(trait, {}).setdefault(value, []).append(r)
+    if not groups:
+        raise ValueError(f'no net has both {method!r} and {against!r}; the methods are {methods(rows)}')
+    out = {}
+    for trait, values in groups.items():
+        if len(values) > 1:
+            out[trait] = {v: {**paired_differences(sub, method)[f'{method} - {against}'],
+                              method: mean_se([100 * r[method] for r in sub])[0],
+                              against: mean_se([100 * r[against] for r in sub])[0]}
+                          for v, sub in sorted(values.items())}
+    return out
 
 
 def extra_net(name: str, config: ml_collections.ConfigDict) -> tuple[str, Any, tuple]:
@@ -272,6 +308,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument('--eval-batch-size', type=int,
                         help="images per evaluation batch, whose statistics BatchNorm uses (default: the config's, "
                              '64 as the reference)')
+    parser.add_argument('--by-trait', metavar='METHOD',
+                        help="also pair the GHN with METHOD (e.g. sgd_100_clip5) within groups of nets that share a "
+                             "trait (normalisation, pooling, op types...), with --config the evaluation's")
     parser.add_argument('--out', help='write results json here')
     parser.add_argument('--plot', help='write a figure here (mean per method; GHN against SGD net by net)')
     args = parser.parse_args(argv)
@@ -298,16 +337,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              random_init=not args.no_random_init, sgd_clip=args.sgd_clip or None,
                              ghn_name=args.ghn_name)
         results['extra'] = {r['net']: r for r in rows}
-    return _report(results, args)
+    return _report(results, args, config)
 
 
-def _report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def _report(results: dict[str, Any], args: argparse.Namespace,
+            config: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
+    if args.by_trait:
+        results['by_trait'] = by_trait(results['per_arch'], config or load_config(args.config), args.by_trait,
+                                       args.ghn_name)
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(results, f, indent=1)
     if args.plot:
         plot(results, args.plot)
-    print(json.dumps({k: results[k] for k in ('summary', 'paired') if k in results}, indent=1))
+    print(json.dumps({k: results[k] for k in ('summary', 'paired', 'by_trait') if k in results}, indent=1))
     return results
 
 
