@@ -454,6 +454,11 @@ def test_evaluate_cli_reports_every_method(tmp_path):
     assert set(quick['summary']) == {'ghn_again'} and 'ghn_again_seconds' in quick['per_arch'][0]
     assert quick['per_arch'][0]['n_params'] == results['per_arch'][0]['n_params']
     assert quick['per_arch'][0]['ghn_again'] == results['per_arch'][0]['ghn']
+    # the config's caps on the nets can be lifted (the wide and deep splits); results record them
+    assert results['archs'] == {'max_cells': config.archs.max_cells, 'max_channels': config.archs.max_channels}
+    wider = evaluate.main(['--ghn', ghn_path, '--config', os.path.join(ROOT, 'configs', 'test.py'), '--n', '1',
+                           '--no-random-init', '--max-channels', '16'])
+    assert wider['archs']['max_channels'] == 16 and wider['per_arch'][0]['n_params'] > quick['per_arch'][0]['n_params']
     with pytest.raises(SystemExit):   # a column that does not say it is a GHN's
         evaluate.main(['--ghn', ghn_path, '--ghn-name', 'cosine'])
     assert results['eval_batch_size'] == config.eval_batch_size

@@ -147,6 +147,10 @@ def _results(split: str, batch_size: int, rows: list[dict[str, Any]]) -> dict[st
             'paired': _ghn_pairs(rows), 'per_arch': rows}
 
 
+#: The config's caps on sampled architectures (``config.archs``); results record them, as they define the nets.
+ARCH_CAPS = ('max_cells', 'max_channels')
+
+
 def evaluate(ghn: GHN2 | None, config: ml_collections.ConfigDict, split: str, n_archs: int,
              sgd_steps: tuple[int, ...] = (), sgd_lr: float = 0.05, seed: int = 0,
              sgd_archs: int | None = None, start: int = 0, random_init: bool = True,
@@ -158,7 +162,7 @@ def evaluate(ghn: GHN2 | None, config: ml_collections.ConfigDict, split: str, n_
             for i in range(start, start + n_archs)]
     rows = evaluate_nets(ghn, config, nets, sgd_steps, sgd_lr, sgd_archs, seed + start, split, random_init,
                          sgd_clip, ghn_name)
-    return _results(split, config.eval_batch_size, rows)
+    return {**_results(split, config.eval_batch_size, rows), 'archs': {k: config.archs[k] for k in ARCH_CAPS}}
 
 
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -308,6 +312,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument('--eval-batch-size', type=int,
                         help="images per evaluation batch, whose statistics BatchNorm uses (default: the config's, "
                              '64 as the reference)')
+    parser.add_argument('--max-cells', type=int,
+                        help="override the config's cap on cells (0: none), e.g. to keep the deep split's 10-36 cells")
+    parser.add_argument('--max-channels', type=int,
+                        help="override the config's cap on width C (0: none), e.g. for the wide split's 4x width")
     parser.add_argument('--by-trait', metavar='METHOD',
                         help="also pair the GHN with METHOD (e.g. sgd_100_clip5) within groups of nets that share a "
                              "trait (normalisation, pooling, op types...), with --config the evaluation's")
@@ -323,6 +331,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 parts.append(json.load(f))
         return _report(merge(parts), args)
     config = load_config(args.config)
+    for cap in ARCH_CAPS:
+        if getattr(args, cap) is not None:
+            config.archs[cap] = getattr(args, cap) or None
     if args.eval_batch_size:
         config.eval_batch_size = args.eval_batch_size
     ghn = GHN2.from_checkpoint(args.ghn) if args.ghn else None
@@ -343,8 +354,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _report(results: dict[str, Any], args: argparse.Namespace,
             config: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
     if args.by_trait:
-        results['by_trait'] = by_trait(results['per_arch'], config or load_config(args.config), args.by_trait,
-                                       args.ghn_name)
+        config = config or load_config(args.config)
+        if isinstance(results.get('archs'), dict):   # the caps the nets were evaluated with
+            config.archs.update(results['archs'])
+        results['by_trait'] = by_trait(results['per_arch'], config, args.by_trait, args.ghn_name)
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(results, f, indent=1)
