@@ -454,6 +454,12 @@ def test_evaluate_cli_reports_every_method(tmp_path):
     assert set(quick['summary']) == {'ghn_again'} and 'ghn_again_seconds' in quick['per_arch'][0]
     assert quick['per_arch'][0]['n_params'] == results['per_arch'][0]['n_params']
     assert quick['per_arch'][0]['ghn_again'] == results['per_arch'][0]['ghn']
+    # results so far after every net (the CLI rewrites --out with them): an interrupted evaluation keeps its nets
+    parts = []
+    final = evaluate.evaluate(GHN2.from_checkpoint(ghn_path), config, 'test', 2, random_init=False,
+                              on_results=parts.append)
+    assert [p['n_archs'] for p in parts] == [1, 2] and parts[-1] == final
+    assert parts[0]['per_arch'][0]['ghn'] == results['per_arch'][0]['ghn']
     # the config's caps on the nets can be lifted (the wide and deep splits); results record them
     assert results['archs'] == {'max_cells': config.archs.max_cells, 'max_channels': config.archs.max_channels}
     wider = evaluate.main(['--ghn', ghn_path, '--config', os.path.join(ROOT, 'configs', 'test.py'), '--n', '1',

@@ -2,22 +2,25 @@
 
 CLI::
 
-    python -m ghn_jax.train.evaluate --ghn workdir/ghn.npz --dataset fashion_mnist --split test --n 100 \\
-        --sgd-steps 100,1000 --out results.json --plot results.png
+    python -m ghn_jax.train.evaluate --ghn workdir/ghn.npz --config configs/fashion_mnist_cpu.py --split test \\
+        --n 100 --sgd-steps 100,1000 --out results.json --plot results.png
 
 A long evaluation can be split into shards (``--start 0 --n 14``, ``--start 14 --n 14``, ...) run in parallel and
 joined with ``--merge shard*.json --out results.json``; ``--merge`` also joins evaluations of the same nets by
-different methods (a new GHN's results with the baselines' of an earlier run). ``--by-trait sgd_100_clip5`` splits
-the GHN's difference to a baseline over groups of nets that share a trait (BN-free, attention, ...).
+different methods (a new GHN's results with the baselines' of an earlier run). ``--out`` is rewritten after every
+net, so an interrupted evaluation keeps what it finished: go on with ``--start`` at the next net and merge.
+``--by-trait sgd_100_clip5`` splits the GHN's difference to a baseline over groups of nets that share a trait
+(BN-free, attention, ...).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +57,8 @@ def mean_se(values) -> tuple[float, float]:
 def evaluate_nets(ghn: GHN2 | None, config: ml_collections.ConfigDict, nets: list[tuple[str, Any, tuple]],
                   sgd_steps: tuple[int, ...] = (), sgd_lr: float = 0.05, sgd_nets: int | None = None,
                   seed: int = 0, split: str = 'test', random_init: bool = True,
-                  sgd_clip: float | None = 5.0, ghn_name: str = 'ghn') -> list[dict[str, Any]]:
+                  sgd_clip: float | None = 5.0, ghn_name: str = 'ghn',
+                  on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """Per-net accuracies of GHN-predicted params, random init, and SGD from random init (first ``sgd_nets``).
 
     SGD clips gradients at global norm ``sgd_clip`` as the reference's SGD training does (5; without it SGD-100 at
@@ -64,6 +68,8 @@ def evaluate_nets(ghn: GHN2 | None, config: ml_collections.ConfigDict, nets: lis
     ``random_init=False`` skips the random-initialisation baseline (it does not depend on the GHN, and
     initialising compiles each whole network, 3-30 s per net on a 2-core CPU) unless SGD needs it. The GHN's
     column is ``ghn_name`` (``ghn_<label>`` tells two checkpoints apart when their results are merged).
+    ``on_row(rows)`` is called after each net with the rows so far (the CLI saves them: an interrupted evaluation
+    keeps its finished nets).
     """
     from ghn_jax.train import finetune
     from ghn_jax.train.meta_train import load_image_data
@@ -97,6 +103,8 @@ def evaluate_nets(ghn: GHN2 | None, config: ml_collections.ConfigDict, nets: lis
                 column = f'sgd_{steps}' + (f'_clip{sgd_clip:g}' if sgd_clip else '')
                 row[column] = accuracy_of(module, trained, x_eval, y_eval, config.eval_batch_size)
         rows.append(row)
+        if on_row is not None:
+            on_row(rows)
         host_memory.release()   # the lowering caches of this net's new op signatures
     return rows
 
@@ -154,15 +162,19 @@ ARCH_CAPS = ('max_cells', 'max_channels')
 def evaluate(ghn: GHN2 | None, config: ml_collections.ConfigDict, split: str, n_archs: int,
              sgd_steps: tuple[int, ...] = (), sgd_lr: float = 0.05, seed: int = 0,
              sgd_archs: int | None = None, start: int = 0, random_init: bool = True,
-             sgd_clip: float | None = 5.0, ghn_name: str = 'ghn') -> dict[str, Any]:
+             sgd_clip: float | None = 5.0, ghn_name: str = 'ghn',
+             on_results: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Accuracies on architectures ``start .. start + n_archs - 1`` of a DeepNets-1M split (see
     :func:`evaluate_nets`); shard a long evaluation with ``start`` and join the parts with :func:`merge`."""
     from ghn_jax.train.meta_train import arch_description
     nets = [(f'{split}/{i}', *from_arch_json(arch_description(config, split, i)))
             for i in range(start, start + n_archs)]
+    def results(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {**_results(split, config.eval_batch_size, list(rows)),
+                'archs': {k: config.archs[k] for k in ARCH_CAPS}}
     rows = evaluate_nets(ghn, config, nets, sgd_steps, sgd_lr, sgd_archs, seed + start, split, random_init,
-                         sgd_clip, ghn_name)
-    return {**_results(split, config.eval_batch_size, rows), 'archs': {k: config.archs[k] for k in ARCH_CAPS}}
+                         sgd_clip, ghn_name, on_row=None if on_results is None else lambda r: on_results(results(r)))
+    return results(rows)
 
 
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -340,7 +352,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     steps = tuple(int(s) for s in args.sgd_steps.split(',') if s)
     results = evaluate(ghn, config, args.split, args.n, steps, args.sgd_lr, sgd_archs=args.sgd_archs,
                        start=args.start, random_init=not args.no_random_init, sgd_clip=args.sgd_clip or None,
-                       ghn_name=args.ghn_name)
+                       ghn_name=args.ghn_name,
+                       on_results=(lambda part: _write_json(part, args.out)) if args.out else None)
     extra = [e for e in args.extra.split(',') if e]
     if extra:
         rows = evaluate_nets(ghn, config, [extra_net(e, config) for e in extra],
@@ -351,6 +364,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return _report(results, args, config)
 
 
+def _write_json(results: dict[str, Any], path: str) -> None:
+    """Write whole or not at all: a kill while writing leaves the previous file."""
+    with open(path + '.tmp', 'w') as f:
+        json.dump(results, f, indent=1)
+    os.replace(path + '.tmp', path)
+
+
 def _report(results: dict[str, Any], args: argparse.Namespace,
             config: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
     if args.by_trait:
@@ -359,8 +379,7 @@ def _report(results: dict[str, Any], args: argparse.Namespace,
             config.archs.update(results['archs'])
         results['by_trait'] = by_trait(results['per_arch'], config, args.by_trait, args.ghn_name)
     if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(results, f, indent=1)
+        _write_json(results, args.out)
     if args.plot:
         plot(results, args.plot)
     print(json.dumps({k: results[k] for k in ('summary', 'paired', 'by_trait') if k in results}, indent=1))
