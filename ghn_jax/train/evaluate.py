@@ -241,13 +241,14 @@ def by_trait(rows: list[dict[str, Any]], config: ml_collections.ConfigDict, agai
                 groups.setdefault(trait, {}).setdefault(value, []).append(r)
     if not groups:
         raise ValueError(f'no net has both {method!r} and {against!r}; the methods are {methods(rows)}')
-    out = {}
+    out: dict[str, dict[str, dict[str, float]]] = {}
     for trait, values in groups.items():
-        if len(values) > 1:
-            out[trait] = {v: {**paired_differences(sub, method)[f'{method} - {against}'],
-                              method: mean_se([100 * r[method] for r in sub])[0],
-                              against: mean_se([100 * r[against] for r in sub])[0]}
-                          for v, sub in sorted(values.items())}
+        if len(values) < 2:   # a trait all nets share says nothing
+            continue
+        for value, sub in sorted(values.items()):
+            means = summarise(sub)
+            out.setdefault(trait, {})[value] = {**paired_differences(sub, method)[f'{method} - {against}'],
+                                                method: means[method]['mean'], against: means[against]['mean']}
     return out
 
 
