@@ -360,10 +360,17 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
     config = _config(num_steps=2, checkpoint_every=1, eval_archs=0, export_npz=False)
     workdir = str(tmp_path / 'run')
     train_and_evaluate(config, workdir)
+    from ghn_jax.hypernet.predictor import GHN2
+    step_1 = Checkpointer(workdir).restore(None, 1)['params']
     for root, _, files in os.walk(os.path.join(workdir, 'checkpoints', '2')):
         for f in files:
             with open(os.path.join(root, f), 'wb') as fh:
                 fh.write(b'garbage')
+    # Predicting from the workdir reads the newest readable checkpoint and leaves the files as they are.
+    assert _max_abs_diff(GHN2.from_checkpoint(workdir).params, step_1) == 0.0
+    assert not os.path.exists(os.path.join(workdir, 'checkpoints_unreadable'))
+    with pytest.raises(FileNotFoundError, match='not a ghn_jax training workdir'):
+        GHN2.from_checkpoint(str(tmp_path))
     config.num_steps = 3
     assert train_and_evaluate(config, workdir)['step'] == 3
     assert Checkpointer(workdir).latest_step() == 3
@@ -430,7 +437,7 @@ def test_four_simulated_devices_match_one_device():
     assert float(values['GRAD_DIFF']) < 1e-5  # the GHN update (relative to the largest gradient)
 
 
-def test_evaluate_cli_reports_every_method(tmp_path):
+def test_evaluate_cli_reports_every_method(tmp_path, capsys):
     from ghn_jax.hypernet.predictor import GHN2
     from ghn_jax.train import evaluate
     config = _config()
@@ -446,6 +453,7 @@ def test_evaluate_cli_reports_every_method(tmp_path):
     assert results['paired']['ghn - sgd_3_clip5']['n'] == 1 and results['paired']['ghn - random_init']['n'] == 2
     assert all(0.0 <= v['mean'] <= 100.0 for v in summary.values())
     assert 'bnfree' in results['extra'] and 'ghn' in results['extra']['bnfree']
+    assert '"bnfree": {' in capsys.readouterr().out   # printed with the summary, not only written to --out
     assert out.exists() and (tmp_path / 'results.png').stat().st_size > 1000
     # without the random baseline (no whole-net init compile), under a named column (two checkpoints merge side by
     # side): only the GHN column, parameter counts unchanged
@@ -470,7 +478,21 @@ def test_evaluate_cli_reports_every_method(tmp_path):
     assert results['eval_batch_size'] == config.eval_batch_size
 
 
-def test_merge_joins_evaluation_shards_and_rejects_overlap():
+def test_extra_nets_are_zoo_models_the_first_bnfree_net_or_architecture_files(tmp_path):
+    from ghn_jax.train import evaluate
+    config = _config()
+    for name, kind in (('resnet34', 'ResNet'), ('vit', 'Network'), ('bnfree', 'Network')):
+        got, module, shape = evaluate.extra_net(name, config)
+        assert got == name and type(module).__name__ == kind and shape == (1, 32, 32, 3)
+    assert evaluate.extra_net('bnfree', config)[1].norm is None
+    (tmp_path / 'my_net.json').write_text(json.dumps({'model': 'resnet18', 'adjust_net': True}))
+    name, module, shape = evaluate.extra_net(str(tmp_path / 'my_net.json'), config)
+    assert name == 'my_net' and module.num_classes == config.data.num_classes and shape == (1, 32, 32, 3)
+    with pytest.raises(ValueError, match="unknown extra net 'resnet9'.*known: .*resnet50"):
+        evaluate.extra_net('resnet9', config)
+
+
+def test_merge_joins_evaluation_shards_and_rejects_overlap(tmp_path, capsys):
     from ghn_jax.train import evaluate
     def part(start, accs, split='test', extra=None, batch=64):
         rows = [{'net': f'{split}/{start + i}', 'n_params': 10, 'random_init': 0.1, 'ghn': a} for i, a in enumerate(accs)]
@@ -494,6 +516,11 @@ def test_merge_joins_evaluation_shards_and_rejects_overlap():
         evaluate.merge([part(0, [0.1]), part(5, [0.1], split='val')])
     with pytest.raises(ValueError, match='different batch sizes'):   # BN accuracies depend on the batch
         evaluate.merge([part(0, [0.1]), part(5, [0.1], batch=500)])
+    (tmp_path / 'cut.json').write_text('{"split": "te')   # a file cut short, and one that is not there
+    for path in (tmp_path / 'cut.json', tmp_path / 'missing.json'):
+        with pytest.raises(SystemExit):
+            evaluate.main(['--merge', str(path)])
+        assert f'--merge {path}: cannot read it as evaluation results' in capsys.readouterr().err
 
 
 def test_merge_joins_methods_evaluated_apart_and_pairs_them():
@@ -523,6 +550,31 @@ def test_merge_joins_methods_evaluated_apart_and_pairs_them():
         evaluate.merge([ghn, part([{'net': 'test/2', 'n_params': 12, 'ghn': 0.3}])])
     with pytest.raises(ValueError, match='architecture caps'):
         evaluate.merge([ghn, part([{'net': 'test/1', 'n_params': 99, 'sgd_100': 0.3}])])
+
+
+def test_plot_splits_draws_one_ghn_over_splits_given_alone_or_collected(tmp_path, capsys):
+    from ghn_jax.train import evaluate
+    def results(split, accs):
+        rows = [{'net': f'{split}/{i}', 'n_params': 10 ** (i + 3), 'ghn': a} for i, a in enumerate(accs)]
+        return {'split': split, 'n_archs': len(rows), 'eval_batch_size': 64, 'summary': evaluate.summarise(rows),
+                'per_arch': rows}
+    collection = {'note': 'two splits', 'splits': {'bnfree': results('bnfree', [0.2]), 'deep': results('deep', [0.4, 0.5])}}
+    splits = evaluate.by_split([collection, results('test', [0.7, 0.8])])
+    assert list(splits) == ['test', 'deep', 'bnfree']   # DeepNets-1M's order, whatever the files' order
+    with pytest.raises(ValueError, match="'test' given twice"):
+        evaluate.by_split([results('test', [0.7]), results('test', [0.8])])
+    paths = []
+    for name, data in (('collection.json', collection), ('test.json', results('test', [0.7, 0.8]))):
+        paths.append(str(tmp_path / name))
+        (tmp_path / name).write_text(json.dumps(data))
+    figure = tmp_path / 'splits.png'
+    evaluate.main(['--plot-splits', *paths, '--plot', str(figure)])
+    assert figure.read_bytes()[:4] == b'\x89PNG'
+    with pytest.raises(ValueError, match="no split has results for 'ghn_other'"):
+        evaluate.plot_splits(splits, str(figure), 'ghn_other')
+    with pytest.raises(SystemExit):
+        evaluate.main(['--plot-splits', *paths])
+    assert '--plot-splits needs --plot' in capsys.readouterr().err
 
 
 def test_by_trait_splits_the_paired_difference_over_groups_of_nets(tmp_path):

@@ -85,13 +85,27 @@ class Checkpointer:
 
 
 def load_ghn_from_train_dir(path: str) -> tuple[GHNConfig, Any]:
-    """(config, params) of the latest checkpoint in a training workdir (or its ``checkpoints`` folder)."""
+    """(config, params) of the newest readable checkpoint in a training workdir (or its ``checkpoints`` folder).
+
+    Read-only, so that a running training can be evaluated: an unreadable newer checkpoint is reported and skipped,
+    not moved aside (the training run does that when it resumes).
+    """
     directory = path if os.path.basename(os.path.normpath(path)) == 'checkpoints' else os.path.join(path, 'checkpoints')
-    with open(os.path.join(directory, 'ghn_config.json')) as f:
+    config_path = os.path.join(directory, 'ghn_config.json')
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f'{path} is not a ghn_jax training workdir (no {config_path}): pass the --workdir of '
+                                '`python -m ghn_jax.train.main`, its ghn.npz, or a .npz / .pt GHN checkpoint')
+    with open(config_path) as f:
         config = GHNConfig(**json.load(f))
     manager = ocp.CheckpointManager(directory)
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f'no checkpoint in {directory}')
-    restored = manager.restore(step, args=ocp.args.StandardRestore())
-    return config, restored['params']
+    errors = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = manager.restore(step, args=ocp.args.StandardRestore())
+        except Exception as e:  # orbax raises many types
+            logging.warning('checkpoint step %d in %s is unreadable (%s); trying the one before', step, directory, e)
+            errors.append(f'step {step}: {e}')
+            continue
+        return config, restored['params']
+    raise FileNotFoundError(f'no readable checkpoint in {directory}' + (':\n' + '\n'.join(errors) if errors else
+                            ': the run has not saved one yet (it saves every checkpoint_every steps and on SIGTERM)'))

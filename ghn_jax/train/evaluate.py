@@ -10,7 +10,7 @@ joined with ``--merge shard*.json --out results.json``; ``--merge`` also joins e
 different methods (a new GHN's results with the baselines' of an earlier run). ``--out`` is rewritten after every
 net, so an interrupted evaluation keeps what it finished: go on with ``--start`` at the next net and merge.
 ``--by-trait sgd_100_clip5`` splits the GHN's difference to a baseline over groups of nets that share a trait
-(BN-free, attention, ...).
+(BN-free, attention, ...). ``--plot-splits test.json wide.json ... --plot splits.png`` draws one GHN on several splits.
 """
 from __future__ import annotations
 
@@ -253,16 +253,27 @@ def by_trait(rows: list[dict[str, Any]], config: ml_collections.ConfigDict, agai
 
 
 def extra_net(name: str, config: ml_collections.ConfigDict) -> tuple[str, Any, tuple]:
-    """('resnet18' | 'bnfree') -> (name, module, input shape) for the configured images."""
+    """A net beside the split's -> (name, module, input shape) for the configured images.
+
+    ``name``: ``'bnfree'`` (the bnfree split's first net), a zoo model (``'resnet18'``, ``'resnet34'``,
+    ``'resnet50'``, CIFAR-adjusted for 32x32 images, or ``'vit'``), or the path of an architecture JSON (any schema
+    of :func:`ghn_jax.nets.from_arch_json`; its results are keyed by the file's name without ``.json``).
+    """
     from ghn_jax.train.meta_train import arch_description
     size = [config.data.channels, config.data.image_size, config.data.image_size]
-    if name == 'resnet18':
-        d = {'model': 'resnet18', 'adjust_net': True, 'num_classes': config.data.num_classes, 'input_size': size}
-    elif name == 'bnfree':
-        d = arch_description(config, 'bnfree', 0)
-    else:
-        raise ValueError(f'unknown extra net {name!r}: use resnet18 or bnfree')
-    return (name, *from_arch_json(d))
+    if name == 'bnfree':
+        return (name, *from_arch_json(arch_description(config, 'bnfree', 0)))
+    if name.endswith('.json'):
+        with open(name) as f:
+            d = {'num_classes': config.data.num_classes, **json.load(f)}
+        return (os.path.splitext(os.path.basename(name))[0], *from_arch_json(d))
+    small = config.data.image_size <= 64   # CIFAR-sized images: the reference's CIFAR variants of zoo models
+    d = {'model': name, 'adjust_net': small, 'imagenet': not small, 'num_classes': config.data.num_classes,
+         'input_size': size}
+    try:
+        return (name, *from_arch_json(d))
+    except ValueError as e:
+        raise ValueError(f'unknown extra net {name!r}: use bnfree, a zoo model or an architecture .json ({e})') from e
 
 
 def plot(results: dict[str, Any], path: str) -> None:
@@ -302,6 +313,43 @@ def plot(results: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def by_split(parts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Split name -> results, in DeepNets-1M's order of splits, from results of one split each (``--out`` files) or
+    ``{'splits': {name: results}}`` collections."""
+    out = {}
+    for data in parts:
+        for results in data['splits'].values() if 'splits' in data else [data]:
+            if results['split'] in out:
+                raise ValueError(f"split {results['split']!r} given twice: merge its parts first (--merge)")
+            out[results['split']] = results
+    order = deepnets_generator.SPLITS
+    return dict(sorted(out.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
+def plot_splits(results_by_split: dict[str, dict[str, Any]], path: str, method: str = 'ghn') -> None:
+    """One method on several splits: mean accuracy +- s.e. per split, and every net's accuracy against its size
+    (the out-of-distribution splits, wide and deep, are the larger nets)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    splits = [s for s, r in results_by_split.items() if method in r['summary']]
+    if not splits:
+        raise ValueError(f'no split has results for {method!r}')
+    fig, (bars, nets) = plt.subplots(1, 2, figsize=(11, 3.8))
+    summary = [results_by_split[s]['summary'][method] for s in splits]
+    bars.bar([f"{s}\n(n={m['n']})" for s, m in zip(splits, summary)], [m['mean'] for m in summary],
+             yerr=[m['se'] for m in summary], capsize=4, color=[f'C{i}' for i in range(len(splits))])
+    bars.set(ylabel='top-1 accuracy (%)', title=f"{method.replace('_', ' ')} parameters, mean ± s.e. over nets")
+    for i, s in enumerate(splits):
+        rows = [r for r in results_by_split[s]['per_arch'] if method in r]
+        nets.scatter([r['n_params'] for r in rows], [100 * r[method] for r in rows], s=10, color=f'C{i}',
+                     alpha=0.7, label=s)
+    nets.set(xscale='log', ylim=(0, 100), xlabel='parameters', ylabel='top-1 accuracy (%)', title='net by net')
+    nets.legend(fontsize=8, markerscale=1.5)
+    fig.savefig(path, dpi=120, bbox_inches='tight')
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description='Evaluate a GHN on DeepNets-1M architectures.')
     parser.add_argument('--ghn', help='GHN checkpoint (.npz / .pt / training workdir); omit for baselines only')
@@ -319,7 +367,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="clip SGD gradients to this global norm, as the reference (columns sgd_K_clipN); 0: don't")
     parser.add_argument('--sgd-archs', type=int, help='run the SGD baselines on the first N architectures only')
     parser.add_argument('--extra-sgd-max', type=int, default=100, help='largest SGD budget for the extra nets')
-    parser.add_argument('--extra', default='', help='comma-separated extra nets: resnet18, bnfree (bnfree split #0)')
+    parser.add_argument('--extra', default='', help='comma-separated extra nets: bnfree (bnfree split #0), zoo models '
+                        '(resnet18, resnet34, resnet50, vit) or architecture .json files')
     parser.add_argument('--no-random-init', action='store_true',
                         help='skip the random-initialisation baseline (it does not depend on the GHN; slow on CPU)')
     parser.add_argument('--eval-batch-size', type=int,
@@ -334,15 +383,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "trait (normalisation, pooling, op types...), with --config the evaluation's")
     parser.add_argument('--out', help='write results json here')
     parser.add_argument('--plot', help='write a figure here (mean per method; GHN against SGD net by net)')
+    parser.add_argument('--plot-splits', nargs='+', metavar='JSON',
+                        help='with --plot: results of several splits (--out files, or {"splits": ...} collections); '
+                             'the figure shows the --ghn-name column on each split')
     args = parser.parse_args(argv)
     if not (args.ghn_name == 'ghn' or args.ghn_name.startswith('ghn_')):
         parser.error(f'--ghn-name {args.ghn_name!r}: use ghn or ghn_<label>, so that results know it for a GHN')
+    if args.plot_splits:
+        if not args.plot:
+            parser.error('--plot-splits needs --plot FIGURE.png')
+        plot_splits(by_split(_read_results(args.plot_splits, '--plot-splits', parser)), args.plot, args.ghn_name)
+        return {}
     if args.merge:
-        parts = []
-        for path in args.merge:
-            with open(path) as f:
-                parts.append(json.load(f))
-        return _report(merge(parts), args)
+        return _report(merge(_read_results(args.merge, '--merge', parser)), args)
     config = load_config(args.config)
     for cap in ARCH_CAPS:
         if getattr(args, cap) is not None:
@@ -365,6 +418,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return _report(results, args, config)
 
 
+def _read_results(paths: list[str], flag: str, parser: argparse.ArgumentParser) -> list[dict[str, Any]]:
+    parts = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                parts.append(json.load(f))
+        except (OSError, json.JSONDecodeError) as e:
+            parser.error(f'{flag} {path}: cannot read it as evaluation results ({e}); pass the --out files of '
+                         'earlier evaluations')
+    return parts
+
+
 def _write_json(results: dict[str, Any], path: str) -> None:
     """Write whole or not at all: a kill while writing leaves the previous file."""
     with open(path + '.tmp', 'w') as f:
@@ -383,7 +448,7 @@ def _report(results: dict[str, Any], args: argparse.Namespace,
         _write_json(results, args.out)
     if args.plot:
         plot(results, args.plot)
-    print(json.dumps({k: results[k] for k in ('summary', 'paired', 'by_trait') if k in results}, indent=1))
+    print(json.dumps({k: results[k] for k in ('summary', 'paired', 'by_trait', 'extra') if k in results}, indent=1))
     return results
 
 
