@@ -5,7 +5,7 @@ import json
 import os
 import shutil
 import signal
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -62,23 +62,21 @@ class Checkpointer:
 
     def restore_latest_good(self, abstract_state: dict[str, Any]) -> dict[str, Any]:
         """Restore the newest checkpoint that reads back; unreadable newer ones are reported and moved aside."""
-        errors = []
-        for step in sorted(self.manager.all_steps(), reverse=True):
-            try:
-                state = self.restore(abstract_state, step)
-            except RuntimeError as e:
-                # Keep the unreadable checkpoint for inspection, out of the way of the steps about to be redone.
-                aside = os.path.join(os.path.dirname(self.directory), 'checkpoints_unreadable')
-                os.makedirs(aside, exist_ok=True)
-                shutil.move(os.path.join(self.directory, str(step)), os.path.join(aside, str(step)))
-                logging.warning('%s\nmoved it to %s', e, aside)
-                errors.append(str(e))
-                self.manager.reload()
-                continue
-            if errors:
-                logging.warning('resuming from step %d, the newest readable checkpoint', step)
-            return state
-        raise RuntimeError('no readable checkpoint in ' + self.directory + ':\n' + '\n'.join(errors))
+        aside = os.path.join(os.path.dirname(self.directory), 'checkpoints_unreadable')
+
+        def move_aside(step: int) -> None:
+            # Keep the unreadable checkpoint for inspection, out of the way of the steps about to be redone.
+            os.makedirs(aside, exist_ok=True)
+            shutil.move(os.path.join(self.directory, str(step)), os.path.join(aside, str(step)))
+            logging.warning('moved it to %s', aside)
+            self.manager.reload()
+
+        step, state, errors = newest_readable(self.manager, self.directory, abstract_state, move_aside)
+        if state is None:
+            raise RuntimeError('no readable checkpoint in ' + self.directory + ':\n' + '\n'.join(errors))
+        if errors:
+            logging.warning('resuming from step %d, the newest readable checkpoint', step)
+        return state
 
     def close(self) -> None:
         self.manager.close()
@@ -97,15 +95,24 @@ def load_ghn_from_train_dir(path: str) -> tuple[GHNConfig, Any]:
                                 '`python -m ghn_jax.train.main`, its ghn.npz, or a .npz / .pt GHN checkpoint')
     with open(config_path) as f:
         config = GHNConfig(**json.load(f))
-    manager = ocp.CheckpointManager(directory)
+    _, state, errors = newest_readable(ocp.CheckpointManager(directory), directory)
+    if state is None:
+        raise FileNotFoundError(f'no readable checkpoint in {directory}' + (':\n' + '\n'.join(errors) if errors else
+                                ': the run has not saved one yet (it saves every checkpoint_every steps and on SIGTERM)'))
+    return config, state['params']
+
+
+def newest_readable(manager: ocp.CheckpointManager, directory: str, abstract_state: dict[str, Any] | None = None,
+                    on_unreadable: Callable[[int], None] | None = None) -> tuple[int | None, Any, list[str]]:
+    """(step, state, errors) of the newest checkpoint that reads back, state None if none does; each unreadable
+    newer one is logged, its error kept and ``on_unreadable(step)`` called."""
     errors = []
     for step in sorted(manager.all_steps(), reverse=True):
         try:
-            restored = manager.restore(step, args=ocp.args.StandardRestore())
-        except Exception as e:  # orbax raises many types
-            logging.warning('checkpoint step %d in %s is unreadable (%s); trying the one before', step, directory, e)
-            errors.append(f'step {step}: {e}')
-            continue
-        return config, restored['params']
-    raise FileNotFoundError(f'no readable checkpoint in {directory}' + (':\n' + '\n'.join(errors) if errors else
-                            ': the run has not saved one yet (it saves every checkpoint_every steps and on SIGTERM)'))
+            return step, manager.restore(step, args=ocp.args.StandardRestore(abstract_state)), errors
+        except Exception as e:  # orbax raises many types; say which checkpoint
+            errors.append(f'could not restore checkpoint step {step} from {directory}: {e}')
+            logging.warning('%s', errors[-1])
+            if on_unreadable is not None:
+                on_unreadable(step)
+    return None, None, errors

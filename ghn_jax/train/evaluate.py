@@ -260,7 +260,6 @@ def extra_net(name: str, config: ml_collections.ConfigDict) -> tuple[str, Any, t
     of :func:`ghn_jax.nets.from_arch_json`; its results are keyed by the file's name without ``.json``).
     """
     from ghn_jax.train.meta_train import arch_description
-    size = [config.data.channels, config.data.image_size, config.data.image_size]
     if name == 'bnfree':
         return (name, *from_arch_json(arch_description(config, 'bnfree', 0)))
     if name.endswith('.json'):
@@ -269,7 +268,7 @@ def extra_net(name: str, config: ml_collections.ConfigDict) -> tuple[str, Any, t
         return (os.path.splitext(os.path.basename(name))[0], *from_arch_json(d))
     small = config.data.image_size <= 64   # CIFAR-sized images: the reference's CIFAR variants of zoo models
     d = {'model': name, 'adjust_net': small, 'imagenet': not small, 'num_classes': config.data.num_classes,
-         'input_size': size}
+         'input_size': [config.data.channels, config.data.image_size, config.data.image_size]}
     try:
         return (name, *from_arch_json(d))
     except ValueError as e:
