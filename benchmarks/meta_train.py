@@ -99,6 +99,9 @@ def main() -> None:
                         help='target-net execution (per_op_remat: recompute each op in the backward pass)')
     parser.add_argument('--residual-budget-gb', type=float, default=base_config().target_residual_budget_gb,
                         help="per net, the most its ops hold for the backward pass (0: no cap; see --backend)")
+    parser.add_argument('--low-res', type=int, default=0,
+                        help='run the nets that take any image size on the images averaged down to this side (the '
+                             'low-resolution phase of training, config.low_res_steps); 0: all at 32x32')
     args = parser.parse_args()
     host_memory.use_tcmalloc()
     lo, hi = (int(s) for s in args.steps.split('-'))
@@ -115,6 +118,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((64, 32, 32, 3)).astype(np.float32))
     y = jnp.asarray(rng.integers(0, 10, 64).astype(np.int32))
+    x_small = jnp.asarray(meta_train.downscale(np.asarray(x), args.low_res)) if args.low_res else None
 
     def timed_load(step: int):
         t = time.perf_counter()
@@ -124,7 +128,7 @@ def main() -> None:
     def run(step: int, modules, graphs, wait: float, build: float) -> dict[str, float]:
         traces = executor.STATS.traces
         c1, t1 = time.process_time(), time.perf_counter()
-        res = meta_train.meta_step_grads(ghn, state['params'], graphs, modules, x, y)
+        res = meta_train.meta_step_grads(ghn, state['params'], graphs, modules, x, y, x_small=x_small)
         t2 = time.perf_counter()
         state['params'], state['opt_state'], _, _ = meta_train.apply_update(
             optimizer, state['params'], state['opt_state'], res.grads)
@@ -156,9 +160,10 @@ def main() -> None:
         t = 0.0
         for module in modules:
             p = random_like(jax.eval_shape(module.init, jax.random.key(0), x[:1])['params'])
-            jax.block_until_ready(executor.forward(module, p, x))
+            images = x_small if x_small is not None and meta_train.takes_any_image_size(module) else x
+            jax.block_until_ready(executor.forward(module, p, images))
             t_net = time.perf_counter()
-            jax.block_until_ready(executor.forward(module, p, x))
+            jax.block_until_ready(executor.forward(module, p, images))
             t += time.perf_counter() - t_net
         return t
 
@@ -181,7 +186,7 @@ def main() -> None:
         'benchmark': 'meta_train_step', 'machine': machine_info(),
         'backend': args.backend, 'residual_budget_gb': args.residual_budget_gb,
         'steps': f'{lo}-{hi}', 'meta_batch': 8,
-        'images': '64x32x32x3',
+        'images': '64x32x32x3' + (f', {args.low_res}x{args.low_res} where nets take any size' if args.low_res else ''),
         'cold_median_s': {k: round(med(cold, k), 3) for k in keys},
         'warm_median_s': {k: round(med(warm, k), 3) for k in keys},
         'warm_target_nets_split_s': {'forward': round(fwd, 3), 'backward': round(med(warm, 'nets') - fwd, 3)},

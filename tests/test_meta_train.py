@@ -76,6 +76,35 @@ def test_learning_rate_schedules():
         meta_train.learning_rate_schedule(config, 10)
 
 
+def test_downscale_averages_blocks_and_rejects_sizes_that_do_not_divide():
+    x = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
+    small = meta_train.downscale(x, 2)
+    assert small.shape == (2, 2, 2, 3)
+    np.testing.assert_allclose(small[1, 0, 1], x[1, 0:2, 2:4].mean(axis=(0, 1)))
+    with pytest.raises(ValueError, match='must divide'):
+        meta_train.downscale(x, 3)
+
+
+def test_low_resolution_phase_feeds_small_images_for_its_steps_only(tmp_path, monkeypatch):
+    """Steps below low_res_steps run every net that takes any image size on 16x16 images, the rest on 32x32."""
+    seen = []   # per net call: (takes any size, image side)
+    run_net = meta_train.net_loss_and_grads
+
+    def recording(module, params, x, *args):
+        seen.append((meta_train.takes_any_image_size(module), x.shape[1]))
+        return run_net(module, params, x, *args)
+
+    monkeypatch.setattr(meta_train, 'net_loss_and_grads', recording)
+    config = _config(num_steps=3, low_res_steps=2, eval_archs=0, meta_batch_size=4)
+    summary = train_and_evaluate(config, str(tmp_path))
+    first, last = seen[:8], seen[8:]
+    assert [side for any_size, side in first] == [16 if any_size else 32 for any_size, _ in first]
+    assert any(any_size for any_size, _ in first) and [side for _, side in last] == [32] * 4
+    assert np.isfinite(summary['train_loss_last'])
+    with pytest.raises(ValueError, match='grad_estimator=bp'):
+        train_and_evaluate(_config(low_res_steps=2, grad_estimator='fg'), str(tmp_path / 'fg'))
+
+
 def test_resuming_with_a_changed_config_keeps_the_previous_one(tmp_path, caplog):
     config = _config(num_steps=10)
     meta_train.save_config(config, str(tmp_path), 0)

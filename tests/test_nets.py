@@ -115,3 +115,17 @@ def test_unknown_description_raises_clear_error():
         nets.from_arch_json({'foo': 1})
     with pytest.raises(ValueError, match='unknown zoo model'):
         nets.from_arch_json({'model': 'alexnet'})
+
+
+def test_positional_encoding_resamples_its_table_for_maps_of_another_size():
+    """A ViT-stem net takes 16x16 images (a 6x6 map after the stem, an 11x11 table): the table is resized."""
+    pos = nets.PosEnc(4, 11)
+    x11 = jnp.zeros((2, 11, 11, 4))
+    params = pos.init(jax.random.key(0), x11)
+    table = params['params']['weight']
+    np.testing.assert_array_equal(pos.apply(params, x11), jnp.broadcast_to(table, x11.shape))
+    out = pos.apply(params, jnp.zeros((2, 6, 6, 4)))
+    np.testing.assert_allclose(out[0], jax.image.resize(table, (1, 6, 6, 4), 'bilinear')[0], rtol=1e-6)
+    vit = nets.vit(10, C=16, n_cells=2)
+    logits = vit.apply(vit.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))), jnp.ones((2, 16, 16, 3)))
+    assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))

@@ -98,13 +98,19 @@ class BatchNorm(nn.Module):
 
 
 class PosEnc(nn.Module):
-    """Learned positional encoding added to an NHWC map; parameter ``weight`` of shape (1, s, s, C)."""
+    """Learned positional encoding added to an NHWC map; parameter ``weight`` of shape (1, s, s, C).
+
+    A map of another size (images of another resolution, e.g. a low-resolution phase of meta-training) gets the
+    table resampled bilinearly to its size, as ViTs do at a new resolution; the reference only takes s x s maps.
+    """
     channels: int
     size: int
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         weight = self.param('weight', nn.initializers.normal(1.0), (1, self.size, self.size, self.channels))
+        if weight.shape[1:3] != x.shape[1:3]:
+            weight = jax.image.resize(weight, (1, *x.shape[1:3], self.channels), 'bilinear')
         return x + weight
 
 

@@ -40,6 +40,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.lr_schedule = 'step'      # the reference's x0.1 at lr_milestones (epochs); 'cosine': GHN-3's decay to 0
     c.lr_milestones = (200, 250)
     c.num_steps = -1            # -1: epochs * steps per epoch
+    # Progressive resizing: the first low_res_steps steps see images averaged down to low_res_size (cheaper nets,
+    # more steps in a time budget); evaluation is always at full size.
+    c.low_res_steps = 0
+    c.low_res_size = 16
     c.grad_estimator = 'bp'     # 'bp' or 'fg' (forward gradients through the GHN, issue #5)
     # or 'per_op_keep_1x1', 'per_op_keep_all', 'per_op_remat' (see ghn_jax.train.targets), 'whole_net'
     c.target_backend = 'per_op'

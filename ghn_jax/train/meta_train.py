@@ -73,6 +73,14 @@ def to_model_input(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     return images.astype(np.float32)
 
 
+def downscale(images: np.ndarray, size: int) -> np.ndarray:
+    """Average NHWC images over square blocks down to ``size`` x ``size`` (the low-resolution phase of training)."""
+    n, h, w, c = images.shape
+    if h % size or w % size:
+        raise ValueError(f'cannot downscale {h}x{w} images to {size}x{size}: the side must divide theirs')
+    return images.reshape(n, size, h // size, size, w // size, c).mean(axis=(2, 4))
+
+
 @dataclasses.dataclass
 class ImageData:
     """Normalised train / held-out / test images, already in the models' input format."""
@@ -177,9 +185,19 @@ class StepOutput:
     seconds: dict[str, float]
 
 
+def takes_any_image_size(module: flax.linen.Module) -> bool:
+    """Whether a net's parameters fit images of any size: not those of a DeepNets-1M net that flattens its last
+    map into the classifier (``glob_avg=False``)."""
+    return getattr(module, 'glob_avg', True)
+
+
 def meta_step_grads(ghn: GHN, params, graphs: list[ArchGraph], modules: list, x, y, *,
-                    label_smoothing: float = 0.0, indexer: ShapeIndexer | None = None) -> StepOutput:
+                    label_smoothing: float = 0.0, indexer: ShapeIndexer | None = None,
+                    x_small: jax.Array | None = None) -> StepOutput:
     """Mean cross-entropy of the predicted nets on one image batch, and its gradient w.r.t. the GHN params.
+
+    ``x_small``: the same images at a lower resolution, run by every net that takes any image size (a
+    low-resolution phase of training); the others run on ``x``.
 
     The GHN core runs jitted under ``jax.vjp``; its outputs are tiled into each net's parameters on the host
     (:func:`assemble_host`), each net runs op by op (:mod:`ghn_jax.train.targets`), and its parameter gradients are
@@ -210,7 +228,8 @@ def meta_step_grads(ghn: GHN, params, graphs: list[ArchGraph], modules: list, x,
     for b, (graph, layout, module) in enumerate(zip(graphs, layouts, modules)):
         specs = param_specs(graph, layout)
         net_params = jax.device_put(to_pytree(assemble_host(host, specs, b, cfg.weight_norm), graph), replicated)
-        loss, logits, grads = net_loss_and_grads(module, net_params, x, y, label_smoothing)
+        images = x_small if x_small is not None and takes_any_image_size(module) else x
+        loss, logits, grads = net_loss_and_grads(module, net_params, images, y, label_smoothing)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
         if pending is not None:
             fold_back(*pending)
@@ -261,6 +280,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns a summary dict (final step, last losses, evaluation of the final GHN on held-out architectures).
     Usable from Colab: ``train_and_evaluate(configs.fashion_mnist_cpu.get_config(), '/tmp/run')``.
     """
+    if config.low_res_steps and config.grad_estimator != 'bp':
+        raise ValueError('low_res_steps needs grad_estimator=bp: forward gradients run every net at full size')
     os.makedirs(workdir, exist_ok=True)
     if config.get('distributed', False):
         jax.distributed.initialize()
@@ -306,13 +327,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         t_start = time.perf_counter()
         modules, graphs = next(batches)
         x, y = images.batch(config.seed, step, config.batch_size)
+        x_small = jax.device_put(downscale(x, config.low_res_size), image_sharding) \
+            if step < config.low_res_steps else None
         x = jax.device_put(x, image_sharding)
         y = jax.device_put(y, image_sharding)
         if config.grad_estimator == 'fg':
             res = meta_step_fwd_grads(ghn, params, graphs, modules, x, y, config, step)
         else:
             res = meta_step_grads(ghn, params, graphs, modules, x, y, label_smoothing=config.data.label_smoothing,
-                                  indexer=indexer)
+                                  indexer=indexer, x_small=x_small)
         params, opt_state, gnorm, finite = apply_update(optimizer, params, opt_state, res.grads)
         host_memory.release()   # jax's caches of lowered op modules: ~13 MB per op signature otherwise
         finite = bool(finite) and math.isfinite(res.loss)
