@@ -160,7 +160,7 @@ def main() -> None:
         t = 0.0
         for module in modules:
             p = random_like(jax.eval_shape(module.init, jax.random.key(0), x[:1])['params'])
-            images = x_small if x_small is not None and meta_train.takes_any_image_size(module) else x
+            images = meta_train.net_images(module, x, x_small)
             jax.block_until_ready(executor.forward(module, p, images))
             t_net = time.perf_counter()
             jax.block_until_ready(executor.forward(module, p, images))

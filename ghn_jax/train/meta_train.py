@@ -191,6 +191,11 @@ def takes_any_image_size(module: flax.linen.Module) -> bool:
     return getattr(module, 'glob_avg', True)
 
 
+def net_images(module: flax.linen.Module, x: jax.Array, x_small: jax.Array | None) -> jax.Array:
+    """The images a net runs on: ``x_small`` (a low-resolution phase) where given and the net takes any size."""
+    return x_small if x_small is not None and takes_any_image_size(module) else x
+
+
 def meta_step_grads(ghn: GHN, params, graphs: list[ArchGraph], modules: list, x, y, *,
                     label_smoothing: float = 0.0, indexer: ShapeIndexer | None = None,
                     x_small: jax.Array | None = None) -> StepOutput:
@@ -228,8 +233,8 @@ def meta_step_grads(ghn: GHN, params, graphs: list[ArchGraph], modules: list, x,
     for b, (graph, layout, module) in enumerate(zip(graphs, layouts, modules)):
         specs = param_specs(graph, layout)
         net_params = jax.device_put(to_pytree(assemble_host(host, specs, b, cfg.weight_norm), graph), replicated)
-        images = x_small if x_small is not None and takes_any_image_size(module) else x
-        loss, logits, grads = net_loss_and_grads(module, net_params, images, y, label_smoothing)
+        loss, logits, grads = net_loss_and_grads(module, net_params, net_images(module, x, x_small), y,
+                                                 label_smoothing)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
         if pending is not None:
             fold_back(*pending)
