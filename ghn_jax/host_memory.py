@@ -18,6 +18,7 @@ import gc
 import logging
 import os
 import sys
+from typing import Callable
 
 #: Set to 0 to keep the default allocator in command-line entry points.
 ENV_SWITCH = 'GHN_JAX_TCMALLOC'
@@ -90,29 +91,45 @@ def memory_map_usage() -> tuple[int, int] | None:
     return used, limit
 
 
-#: Drop compiled executables when the process holds this fraction of ``vm.max_map_count`` mappings.
+#: Drop compiled executables when the process holds this fraction of ``vm.max_map_count`` mappings ...
 MAP_LIMIT_FRACTION = 0.8
+#: ... down to this fraction, least recently used first.
+MAP_TARGET_FRACTION = 0.7
+#: Callables that drop a fraction of a cache's least recently used executables and return how many went
+#: (:mod:`ghn_jax.train.executor` registers its op cache). Tried before emptying all of jax's caches.
+EVICTORS: list[Callable[[float], int]] = []
 _release_calls = 0
 
 
-def keep_under_map_limit(fraction: float = MAP_LIMIT_FRACTION) -> bool:
-    """Drop jax's compiled executables when this process is close to the kernel's limit on memory mappings.
+def keep_under_map_limit(fraction: float = MAP_LIMIT_FRACTION, target: float = MAP_TARGET_FRACTION) -> bool:
+    """Drop compiled executables when this process is close to the kernel's limit on memory mappings.
 
-    Every executable XLA:CPU compiles holds about three mappings. A long meta-training run compiles thousands of op
-    signatures; past the limit (65,530 by default) the next compile fails ("LLVM compilation error: Cannot allocate
-    memory") and the process crashes: it happened here after 640 steps of a resumed Fashion-MNIST run. Dropped
-    executables are compiled again, or read from the persistent compilation cache, when next needed. Returns True
-    when it dropped them."""
+    Every fused kernel XLA:CPU compiles holds about three mappings (an op of a target net 20-60). A long
+    meta-training run compiles thousands of op signatures; past the limit (65,530 by default) the next compile
+    fails ("LLVM compilation error: Cannot allocate memory") and the process crashes: it happened here after 640
+    steps of a resumed Fashion-MNIST run. Above ``fraction`` of the limit, the least recently used executables of
+    the :data:`EVICTORS` go, a tenth at a time, until the process is under ``target``; only if that is not enough
+    are all of jax's compiled executables dropped. Dropped executables are compiled again, or read from the
+    persistent compilation cache, when next needed. Returns True when it dropped any."""
     usage = memory_map_usage()
     if usage is None or usage[0] < fraction * usage[1]:
         return False
+    before = usage[0]
+    for evict in EVICTORS:
+        while usage[0] >= target * usage[1] and evict(0.1):
+            gc.collect()
+            usage = memory_map_usage()
+    if usage[0] < fraction * usage[1]:
+        logging.info('%d memory mappings, close to the limit vm.max_map_count=%d: dropped the least recently used '
+                     'op executables (%d mappings now)', before, usage[1], usage[0])
+        return True
     import jax
     jax.clear_caches()
     gc.collect()
     after = memory_map_usage()
     logging.warning('%d memory mappings, close to the limit vm.max_map_count=%d: dropped jax\'s compiled '
                     'executables (%s mappings now). Raise the limit to avoid the recompiles: '
-                    'sudo sysctl -w vm.max_map_count=262144', usage[0], usage[1], after[0] if after else '?')
+                    'sudo sysctl -w vm.max_map_count=262144', before, usage[1], after[0] if after else '?')
     return True
 
 

@@ -1,4 +1,5 @@
 """Host memory: freeing jax's lowering caches recompiles nothing; restarting under tcmalloc; memory it frees."""
+import gc
 import json
 import logging
 import os
@@ -127,3 +128,77 @@ def test_executables_are_dropped_near_the_memory_map_limit(monkeypatch, caplog):
     assert after < used - 300            # ~3 mappings per executable, 200 of them
     assert 'vm.max_map_count' in caplog.text
     np.testing.assert_allclose(np.asarray(fns[5](jnp.ones(3))), np.sin(1.0) * 5, rtol=1e-6)
+
+
+def _compiles_during(fn):
+    handler = _Compiles()
+    logging.getLogger('jax').addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            out = fn()
+    finally:
+        logging.getLogger('jax').removeHandler(handler)
+    return out, len(handler.names)
+
+
+def test_op_executable_cache_evicts_the_least_recently_used_first():
+    cache = executor.ExecutableCache()
+    scaled = jax.jit(lambda k, x: jnp.sin(x) * k, static_argnums=0)
+    xs = {n: jnp.ones(n) for n in (3, 4, 5)}
+    for n in (3, 4, 5):
+        cache(scaled, 1, 2.0, xs[n])
+    cache(scaled, 1, 2.0, xs[3])                     # 3 is now the most recent, 4 the least
+    assert len(cache) == 3
+    assert cache.evict(0.3) == 1 and len(cache) == 2
+    out, compiles = _compiles_during(lambda: cache(scaled, 1, 2.0, xs[3]))
+    assert compiles == 0                             # kept
+    out, compiles = _compiles_during(lambda: cache(scaled, 1, 2.0, xs[4]))
+    assert compiles == 1                             # evicted, so compiled again
+    np.testing.assert_allclose(np.asarray(out), 2 * np.sin(np.ones(4)), rtol=1e-6)
+    # A weakly typed argument or another static value is another executable; tracers take jax.jit's own path.
+    cache(scaled, 1, 2.0, jnp.asarray(1.0)), cache(scaled, 1, 2.0, 1.0), cache(scaled, 1, 3.0, xs[3])
+    assert len(cache) == 6
+    grad = jax.grad(lambda x: cache(scaled, 1, 2.0, x).sum())(xs[5])
+    np.testing.assert_allclose(np.asarray(grad), 2 * np.cos(np.ones(5)), rtol=1e-6)
+    assert len(cache) == 6
+    assert cache.evict(1.0) == 6 and cache.evict(0.5) == 0
+
+
+@pytest.mark.skipif(host_memory.memory_map_usage() is None, reason='needs /proc (Linux)')
+def test_evicted_op_executables_free_their_memory_mappings():
+    cache = executor.ExecutableCache()
+    op = jax.jit(lambda m, x, w: jax.nn.relu(nn.Conv(8, (3, 3)).apply({'params': w}, x)), static_argnums=0)
+    for c in range(4, 24):
+        x = jnp.ones((2, 8, 8, c))
+        w = nn.Conv(8, (3, 3)).init(jax.random.key(0), x)['params']
+        cache(op, 1, None, x, w)
+    gc.collect()
+    before, _ = host_memory.memory_map_usage()
+    cache.evict(1.0)
+    gc.collect()
+    after, _ = host_memory.memory_map_usage()
+    assert after < before - 20, (before, after)
+
+
+def test_near_the_map_limit_evictors_go_first_and_jax_caches_stay(monkeypatch):
+    """Under the limit after evicting the coldest op executables: nothing else is dropped (no recompile storm)."""
+    f = jax.jit(lambda x: x + 1)
+    f(jnp.ones(2))
+    used = [90]
+    calls = []
+
+    def evict(fraction):
+        calls.append(fraction)
+        used[0] -= 20
+        return 1
+    monkeypatch.setattr(host_memory, 'memory_map_usage', lambda: (used[0], 100))
+    monkeypatch.setattr(host_memory, 'EVICTORS', [evict])
+    assert not host_memory.keep_under_map_limit(fraction=0.95, target=0.6)   # under the threshold: nothing
+    assert host_memory.keep_under_map_limit(fraction=0.8, target=0.6)
+    assert used[0] == 50 and len(calls) == 2        # 90 -> 70 -> 50: until under the target
+    assert f._cache_size() == 1                      # jax's own caches untouched
+    # An evictor with nothing left to drop: then all of jax's executables go, as before.
+    used[0] = 90
+    monkeypatch.setattr(host_memory, 'EVICTORS', [lambda fraction: 0])
+    assert host_memory.keep_under_map_limit(fraction=0.8, target=0.6)
+    assert f._cache_size() == 0

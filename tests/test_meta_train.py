@@ -20,6 +20,7 @@ from ghn_jax.hypernet.predictor import init_params
 from ghn_jax.nets import deepnets
 from ghn_jax.train import executor, meta_train, targets
 from ghn_jax.train.checkpointing import Checkpointer
+from ghn_jax.train.config import load_config
 from ghn_jax.train.meta_train import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +62,9 @@ def test_fashion_config_drops_the_learning_rate_at_two_thirds_and_five_sixths(ar
     drops = [int(m * steps_per_epoch) for m in config.lr_milestones]   # as meta_train.make_optimizer places them
     assert (config.num_steps, config.batch_size) == (num_steps, batch_size)
     assert drops == pytest.approx([2 * num_steps / 3, 5 * num_steps / 6], abs=1)
+    # Tools outside the absl CLI take the same 'path.py:arg' form.
+    path = os.path.join(ROOT, 'configs', 'fashion_mnist_cpu.py')
+    assert load_config(path + (f':{arg}' if arg else '')).to_dict() == config.to_dict()
 
 
 def test_learning_rate_schedules():
@@ -246,13 +250,14 @@ def test_backward_computes_no_cotangent_for_constant_inputs(monkeypatch):
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
     params = module.init(jax.random.key(0), x)['params']
     returned = []
-    backward = executor._op_backward
+    cache = executor.OP_EXECUTABLES
 
-    def recording_backward(*args):
-        out = backward(*args)
-        returned.extend(a.shape for a in out)
+    def recording_cache(fn, num_static, *args):
+        out = cache(fn, num_static, *args)
+        if fn is executor._op_backward:
+            returned.extend(a.shape for a in out)
         return out
-    monkeypatch.setattr(executor, '_op_backward', recording_backward)
+    monkeypatch.setattr(executor, 'OP_EXECUTABLES', recording_cache)
 
     def loss(p, x, per_op=True):
         with executor.per_op('conv_outputs') if per_op else contextlib.nullcontext():

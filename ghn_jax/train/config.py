@@ -7,11 +7,13 @@ import ml_collections
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-    """``get_config()`` of a config file (``configs/<name>.py``), for tools outside the absl training CLI."""
-    spec = importlib.util.spec_from_file_location('ghn_jax_config', path)
+    """``get_config()`` of a config file (``configs/<name>.py``), for tools outside the absl training CLI; as with
+    ``--config``, ``configs/<name>.py:<arg>`` passes ``<arg>`` (``configs/fashion_mnist_cpu.py:4000``)."""
+    path, sep, arg = path.partition('.py:')
+    spec = importlib.util.spec_from_file_location('ghn_jax_config', path + '.py' if sep else path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config(arg) if sep else module.get_config()
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -10,7 +10,8 @@ reverse mode (:func:`loss_and_grads`) each op is a ``jax.custom_vjp`` over two m
 that returns the op's output and the arrays its backward pass needs, and that backward pass. So what an op keeps
 between the passes is explicit (:data:`REMAT_MODES`), and JAX never re-derives an op's backward pass at run time.
 After a few hundred architectures almost every signature has been seen (../shared/docs/target_net_execution.md
-measures the saturation), and a step compiles nothing.
+measures the saturation), and a step compiles nothing. The executables are held in :data:`OP_EXECUTABLES`, least
+recently used first, so that a long run near the kernel's limit on memory mappings drops the coldest only.
 
 The interception is generic (``flax.linen.intercept_methods``), so any Flax module built from the registered op
 types runs this way; :func:`register_op` adds more types.
@@ -22,12 +23,14 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import math
 import threading
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 
+from ghn_jax import host_memory
 from ghn_jax.nets import deepnets, kernels, layers
 
 #: Module types executed as one cached jitted function per signature. Compound DARTS ops come first; the Flax
@@ -88,6 +91,53 @@ def _inside_op():
 
 def _apply_fn(module: nn.Module) -> Callable:
     return lambda p, a: module.apply({'params': p}, *a)
+
+
+class ExecutableCache:
+    """Op executables compiled ahead of time, keyed by the call's signature, least recently used first.
+
+    jax.jit holds its executables in caches that can only be emptied whole. On XLA:CPU every executable holds
+    about three memory mappings per fused kernel (20-60 per op), so a long meta-training run reaches the kernel's
+    limit on mappings (:func:`ghn_jax.host_memory.keep_under_map_limit`) every ~150 steps; emptying every cache
+    there cost ~28 s of recompiles while a step's working set came back. Held here, the coldest go first
+    (:meth:`evict`). Calls under a transformation (tracer arguments: ``jax.jvp``, an outer ``jax.jit``) take the
+    jitted function's own path."""
+
+    def __init__(self):
+        self._entries: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __call__(self, fn: Any, num_static: int, *args: Any) -> Any:
+        """``fn(*args)`` for a ``jax.jit`` function whose first ``num_static`` arguments are static."""
+        static, dynamic = args[:num_static], args[num_static:]
+        leaves, tree = jax.tree_util.tree_flatten(dynamic)
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+            return fn(*args)
+        key = (fn, static, tree, tuple((jax.typeof(leaf), getattr(leaf, 'sharding', None)) for leaf in leaves))
+        compiled = self._entries.pop(key, None)
+        if compiled is None:
+            compiled = fn.lower(*args).compile()
+        self._entries[key] = compiled   # now the most recently used
+        return compiled(*dynamic)
+
+    def evict(self, fraction: float) -> int:
+        """Drop the least recently used ``fraction`` of the executables (at least one); returns how many went.
+        jax's lowering caches, which reach the executables of the computations they hold, are emptied too."""
+        count = min(len(self._entries), math.ceil(fraction * len(self._entries)))
+        for _ in range(count):
+            self._entries.popitem(last=False)
+        host_memory.clear_lowering_caches()
+        return count
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+#: The executables of every op call below; near the memory-map limit its coldest go before anything else.
+OP_EXECUTABLES = ExecutableCache()
+host_memory.EVICTORS.append(OP_EXECUTABLES.evict)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -184,7 +234,7 @@ def _run_op_with_vjp(module: nn.Module, remat: str, params: Any, args: tuple,
     layout, key = [], next(_OP_CALLS)
 
     def op_fwd(p, a):
-        out, computed = _op_forward(module, remat, signature, p, a)
+        out, computed = OP_EXECUTABLES(_op_forward, 3, module, remat, signature, p, a)
         layout.append(_PULLBACK_LAYOUTS[signature])  # that of the executable that just ran
         if budget is not None:
             budget.hold(key, computed)
@@ -196,8 +246,9 @@ def _run_op_with_vjp(module: nn.Module, remat: str, params: Any, args: tuple,
         if budget is not None:
             computed = budget.take(key)
             if computed is None:
-                computed = _op_forward(module, remat, signature, p, a)[1]
-        cotangents = iter(_op_backward(*layout[0], wanted, computed, jax.tree_util.tree_leaves((p, a)), cotangent))
+                computed = OP_EXECUTABLES(_op_forward, 3, module, remat, signature, p, a)[1]
+        cotangents = iter(OP_EXECUTABLES(_op_backward, 3, *layout[0], wanted, computed,
+                                         jax.tree_util.tree_leaves((p, a)), cotangent))
         return jax.tree_util.tree_unflatten(tree, [next(cotangents) if keep else None for keep in wanted])
 
     op.defvjp(op_fwd, op_bwd)
@@ -220,7 +271,7 @@ def _intercept(remat: str | None, budget: ResidualBudget | None, next_fun: Calla
     params = module.variables.get('params', {})
     op = module.clone(parent=None, name=None)
     if remat is None:
-        return _run_op(op, params, tuple(args))
+        return OP_EXECUTABLES(_run_op, 1, op, params, tuple(args))
     return _run_op_with_vjp(op, remat, params, tuple(args), budget)
 
 
@@ -265,5 +316,6 @@ def clear_cache() -> None:
     """Drop every cached op executable (they cost a few MB each)."""
     for fn in (_run_op, _op_forward, _op_backward):
         fn.clear_cache()
+    OP_EXECUTABLES.clear()
     _PULLBACK_LAYOUTS.clear()
     jax.clear_caches()
