@@ -99,6 +99,10 @@ MAP_TARGET_FRACTION = 0.7
 #: (:mod:`ghn_jax.train.executor` registers its op cache). Tried before emptying all of jax's caches.
 EVICTORS: list[Callable[[float], int]] = []
 _release_calls = 0
+_lru_eviction_warned = False
+_RAISE_THE_LIMIT = ('Dropped executables are compiled again (or read from the persistent cache) when next needed; if '
+                    'this repeats every few steps, raise the limit, which running processes see at once: '
+                    'sudo sysctl -w vm.max_map_count=262144')
 
 
 def keep_under_map_limit(fraction: float = MAP_LIMIT_FRACTION, target: float = MAP_TARGET_FRACTION) -> bool:
@@ -110,7 +114,10 @@ def keep_under_map_limit(fraction: float = MAP_LIMIT_FRACTION, target: float = M
     steps of a resumed Fashion-MNIST run. Above ``fraction`` of the limit, the least recently used executables of
     the :data:`EVICTORS` go, a tenth at a time, until the process is under ``target``; only if that is not enough
     are all of jax's compiled executables dropped. Dropped executables are compiled again, or read from the
-    persistent compilation cache, when next needed. Returns True when it dropped any."""
+    persistent compilation cache, when next needed. Past ~2,000 Fashion-MNIST steps the working set outgrows the
+    default limit and evictions come every 10-20 steps (1.5x slower steps), so the first eviction of a process
+    warns with the command that raises the limit. Returns True when it dropped any."""
+    global _lru_eviction_warned
     usage = memory_map_usage()
     if usage is None or usage[0] < fraction * usage[1]:
         return False
@@ -120,16 +127,19 @@ def keep_under_map_limit(fraction: float = MAP_LIMIT_FRACTION, target: float = M
             gc.collect()
             usage = memory_map_usage()
     if usage[0] < fraction * usage[1]:
-        logging.info('%d memory mappings, close to the limit vm.max_map_count=%d: dropped the least recently used '
-                     'op executables (%d mappings now)', before, usage[1], usage[0])
+        # Once per process as a warning: a run whose working set outgrows the limit evicts every few steps.
+        log = logging.info if _lru_eviction_warned else logging.warning
+        _lru_eviction_warned = True
+        log('%d memory mappings, close to the limit vm.max_map_count=%d: dropped the least recently used op '
+            'executables (%d mappings now). %s', before, usage[1], usage[0], _RAISE_THE_LIMIT)
         return True
     import jax
     jax.clear_caches()
     gc.collect()
     after = memory_map_usage()
     logging.warning('%d memory mappings, close to the limit vm.max_map_count=%d: dropped jax\'s compiled '
-                    'executables (%s mappings now). Raise the limit to avoid the recompiles: '
-                    'sudo sysctl -w vm.max_map_count=262144', before, usage[1], after[0] if after else '?')
+                    'executables (%s mappings now). %s', before, usage[1], after[0] if after else '?',
+                    _RAISE_THE_LIMIT)
     return True
 
 

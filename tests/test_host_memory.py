@@ -180,7 +180,7 @@ def test_evicted_op_executables_free_their_memory_mappings():
     assert after < before - 20, (before, after)
 
 
-def test_near_the_map_limit_evictors_go_first_and_jax_caches_stay(monkeypatch):
+def test_near_the_map_limit_evictors_go_first_and_jax_caches_stay(monkeypatch, caplog):
     """Under the limit after evicting the coldest op executables: nothing else is dropped (no recompile storm)."""
     f = jax.jit(lambda x: x + 1)
     f(jnp.ones(2))
@@ -193,10 +193,18 @@ def test_near_the_map_limit_evictors_go_first_and_jax_caches_stay(monkeypatch):
         return 1
     monkeypatch.setattr(host_memory, 'memory_map_usage', lambda: (used[0], 100))
     monkeypatch.setattr(host_memory, 'EVICTORS', [evict])
+    monkeypatch.setattr(host_memory, '_lru_eviction_warned', False)
     assert not host_memory.keep_under_map_limit(fraction=0.95, target=0.6)   # under the threshold: nothing
-    assert host_memory.keep_under_map_limit(fraction=0.8, target=0.6)
-    assert used[0] == 50 and len(calls) == 2        # 90 -> 70 -> 50: until under the target
-    assert f._cache_size() == 1                      # jax's own caches untouched
+    with caplog.at_level(logging.INFO):
+        assert host_memory.keep_under_map_limit(fraction=0.8, target=0.6)
+        assert used[0] == 50 and len(calls) == 2    # 90 -> 70 -> 50: until under the target
+        assert f._cache_size() == 1                  # jax's own caches untouched
+        used[0] = 90
+        assert host_memory.keep_under_map_limit(fraction=0.8, target=0.6)
+    # The first eviction tells how to raise the limit as a warning; later ones only at INFO.
+    ours = [r for r in caplog.records if 'memory mappings' in r.getMessage()]
+    assert [r.levelno for r in ours] == [logging.WARNING, logging.INFO]
+    assert 'sysctl -w vm.max_map_count' in ours[0].getMessage()
     # An evictor with nothing left to drop: then all of jax's executables go, as before.
     used[0] = 90
     monkeypatch.setattr(host_memory, 'EVICTORS', [lambda fraction: 0])
