@@ -62,6 +62,7 @@ def test_fashion_config_drops_the_learning_rate_at_two_thirds_and_five_sixths(ar
     drops = [int(m * steps_per_epoch) for m in config.lr_milestones]   # as meta_train.make_optimizer places them
     assert (config.num_steps, config.batch_size) == (num_steps, batch_size)
     assert drops == pytest.approx([2 * num_steps / 3, 5 * num_steps / 6], abs=1)
+    assert config.low_res_steps == round(0.6 * num_steps)   # the first 60% on 16x16 images
     # Tools outside the absl CLI take the same 'path.py:arg' form.
     path = os.path.join(ROOT, 'configs', 'fashion_mnist_cpu.py')
     assert load_config(path + (f':{arg}' if arg else '')).to_dict() == config.to_dict()
@@ -105,7 +106,7 @@ def test_low_resolution_phase_feeds_small_images_for_its_steps_only(tmp_path, mo
     assert [side for any_size, side in first] == [16 if any_size else 32 for any_size, _ in first]
     assert any(any_size for any_size, _ in first) and [side for _, side in last] == [32] * 4
     assert np.isfinite(summary['train_loss_last'])
-    with pytest.raises(ValueError, match='grad_estimator=bp'):
+    with pytest.raises(ValueError, match='grad_estimator=bp.*low_res_steps=0'):
         train_and_evaluate(_config(low_res_steps=2, grad_estimator='fg'), str(tmp_path / 'fg'))
 
 

@@ -286,7 +286,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Usable from Colab: ``train_and_evaluate(configs.fashion_mnist_cpu.get_config(), '/tmp/run')``.
     """
     if config.low_res_steps and config.grad_estimator != 'bp':
-        raise ValueError('low_res_steps needs grad_estimator=bp: forward gradients run every net at full size')
+        raise ValueError(f'low_res_steps={config.low_res_steps} needs grad_estimator=bp: forward gradients run every '
+                         'net at full size (set --config.low_res_steps=0 to use them)')
     os.makedirs(workdir, exist_ok=True)
     if config.get('distributed', False):
         jax.distributed.initialize()
