@@ -62,7 +62,8 @@ def main(path: str = 'docs/figures/fashion_mnist_runs.png') -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     styles = {'step decay, 32x32': 'o-', 'cosine decay, 32x32': 's--', 'first 60% of steps at 16x16': 'D-',
               '32 images per step': '^', 'earlier runs, 32x32 (evaluation batch 500)': 'o:'}
-    for label, points in runs().items():
+    series = runs()
+    for label, points in series.items():
         steps, means, ses = zip(*points)
         hollow = 'batch 500' in label
         ax.errorbar(steps, means, yerr=ses, fmt=styles[label], capsize=3, label=label, alpha=0.5 if hollow else 1,
@@ -82,7 +83,7 @@ def main(path: str = 'docs/figures/fashion_mnist_runs.png') -> None:
     ax.legend(fontsize=8, loc='lower right')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    print(json.dumps({label: points for label, points in runs().items()}))
+    print(json.dumps(series))
 
 
 if __name__ == '__main__':
