@@ -391,6 +391,26 @@ def test_sigterm_saves_a_checkpoint_after_the_current_step_and_exits(tmp_path):
     assert f'preempted: checkpoint saved at step {saved}' in err.decode()
 
 
+def test_each_metrics_row_averages_the_steps_since_the_previous_row_across_a_preemption(tmp_path, monkeypatch):
+    """A run stopped at step 4 with log_every=3 logs steps 1-3, 4, then after resuming 5-6: no step twice or lost."""
+    from ghn_jax.train.metrics import read_metrics
+    config = _config(num_steps=6, checkpoint_every=100, eval_archs=0, export_npz=False)
+    config.log_every = 1
+    train_and_evaluate(config, str(tmp_path / 'straight'))
+    loss = {r['step']: r['loss'] for r in read_metrics(str(tmp_path / 'straight')) if 'loss' in r}
+
+    config.log_every = 3
+    monkeypatch.setattr(Checkpointer, 'should_stop', lambda self, step: step == 4)
+    stopped = str(tmp_path / 'stopped')
+    assert train_and_evaluate(config, stopped) == {'step': 4, 'preempted': True}
+    assert train_and_evaluate(config, stopped)['step'] == 6
+    rows = {r['step']: r['loss'] for r in read_metrics(stopped) if 'loss' in r}
+    assert sorted(rows) == [3, 4, 6]
+    np.testing.assert_allclose(rows[3], np.mean([loss[1], loss[2], loss[3]]), rtol=1e-6)
+    np.testing.assert_allclose(rows[4], loss[4], rtol=1e-6)
+    np.testing.assert_allclose(rows[6], np.mean([loss[5], loss[6]]), rtol=1e-6)
+
+
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
     config = _config(num_steps=2, checkpoint_every=1, eval_archs=0, export_npz=False)
     workdir = str(tmp_path / 'run')

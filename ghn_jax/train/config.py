@@ -54,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.target_residual_budget_gb = 0.0
     c.num_tangents = 1
 
-    c.log_every = 10
+    c.log_every = 10   # a metrics row averages the steps since the previous one (fewer at a preemption)
     c.checkpoint_every = 200
     c.keep_checkpoints = 3
     c.max_nonfinite_skips = 50  # abort after this many skipped (NaN/Inf) meta-steps in a row

@@ -326,8 +326,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         save_config(config, workdir, start)
 
     bar = progress(num_steps, start)
-    skipped_in_a_row, step = 0, start
-    history: list[dict[str, float]] = []
+    skipped_in_a_row, step, last_loss = 0, start, None
+    window: list[dict[str, float]] = []   # the steps since the last metrics row: each row averages its window
+
+    def write_window(at_step: int) -> None:
+        writer.write(at_step, **{k: float(np.mean([r[k] for r in window])) for k in window[0]})
+        window.clear()
     batches = prefetch(lambda s: sample_meta_batch(config, s, cfg), range(start, num_steps))
     for step in range(start, num_steps):
         t_start = time.perf_counter()
@@ -348,15 +352,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         skipped_in_a_row = 0 if finite else skipped_in_a_row + 1
         row = {'loss': res.loss, 'accuracy': res.accuracy, 'grad_norm': float(gnorm), 'skipped': int(not finite),
                'nodes': res.n_nodes, 'step_seconds': time.perf_counter() - t_start, **res.seconds}
-        history.append(row)
+        window.append(row)
+        last_loss = res.loss
         bar.update(1)
         bar.set_postfix(loss=f'{res.loss:.3f}', acc=f'{res.accuracy:.2f}')
         if not finite:
             logging.warning('step %d: non-finite loss or gradients, update skipped (%d in a row)', step,
                             skipped_in_a_row)
-        if (step + 1) % config.log_every == 0 or step + 1 == num_steps or not finite:
-            recent = history[-config.log_every:] if finite else [row]
-            writer.write(step + 1, **{k: float(np.mean([r[k] for r in recent])) for k in recent[0]})
+        if not finite:
+            writer.write(step + 1, **row)
+        elif (step + 1) % config.log_every == 0 or step + 1 == num_steps:
+            write_window(step + 1)
         if skipped_in_a_row > config.max_nonfinite_skips:
             # The parameters are those of the last good step (skipped updates leave them untouched).
             ckpt.save(step + 1, {'params': params, 'opt_state': opt_state, 'step': step + 1}, cfg.to_dict())
@@ -367,13 +373,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if (step + 1) % config.checkpoint_every == 0 or done or ckpt.should_stop(step + 1):
             ckpt.save(step + 1, {'params': params, 'opt_state': opt_state, 'step': step + 1}, cfg.to_dict())
             if ckpt.should_stop(step + 1) and not done:
+                if window:   # the resumed run's first row then averages only its own steps, not these again
+                    write_window(step + 1)
                 logging.warning('preempted: checkpoint saved at step %d, exiting', step + 1)
                 bar.close()
                 return {'step': step + 1, 'preempted': True}
         if config.eval_every and (step + 1) % config.eval_every == 0 and not done:
             writer.write(step + 1, **evaluate_on_archs(GHN2(cfg, params), config, images))
     bar.close()
-    summary: dict[str, Any] = {'step': num_steps, 'train_loss_last': history[-1]['loss'] if history else None}
+    summary: dict[str, Any] = {'step': num_steps, 'train_loss_last': last_loss}
     final = GHN2(cfg, params)
     if config.export_npz and jax.process_index() == 0:
         final.save(os.path.join(workdir, 'ghn.npz'), step=num_steps)
