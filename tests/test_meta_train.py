@@ -394,8 +394,7 @@ def test_sigterm_saves_a_checkpoint_after_the_current_step_and_exits(tmp_path):
 def test_each_metrics_row_averages_the_steps_since_the_previous_row_across_a_preemption(tmp_path, monkeypatch):
     """A run stopped at step 4 with log_every=3 logs steps 1-3, 4, then after resuming 5-6: no step twice or lost."""
     from ghn_jax.train.metrics import read_metrics
-    config = _config(num_steps=6, checkpoint_every=100, eval_archs=0, export_npz=False)
-    config.log_every = 1
+    config = _config(num_steps=6, checkpoint_every=100, eval_archs=0, export_npz=False, log_every=1)
     train_and_evaluate(config, str(tmp_path / 'straight'))
     loss = {r['step']: r['loss'] for r in read_metrics(str(tmp_path / 'straight')) if 'loss' in r}
 

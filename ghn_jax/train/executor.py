@@ -101,8 +101,8 @@ class ExecutableCache:
     limit on mappings (:func:`ghn_jax.host_memory.keep_under_map_limit`) every ~150 steps; emptying every cache
     there cost ~28 s of recompiles while a step's working set came back. Held here, the coldest go first
     (:meth:`evict`); once a run's working set outgrows the default limit (~2,000 Fashion-MNIST steps) no order
-    helps, and the limit itself must be raised. Calls under a transformation (tracer arguments: ``jax.jvp``, an outer ``jax.jit``) take the
-    jitted function's own path."""
+    helps, and the limit itself must be raised. Calls under a transformation (tracer arguments: ``jax.jvp``, an
+    outer ``jax.jit``) take the jitted function's own path."""
 
     def __init__(self):
         self._entries: collections.OrderedDict[tuple, Any] = collections.OrderedDict()

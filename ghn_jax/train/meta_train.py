@@ -370,9 +370,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             raise FloatingPointError(f'{skipped_in_a_row} non-finite meta-steps in a row at step {step}; the last '
                                      f'good state is saved in {ckpt.directory}. Lower the learning rate and resume.')
         done = step + 1 == num_steps
-        if (step + 1) % config.checkpoint_every == 0 or done or ckpt.should_stop(step + 1):
+        stopping = ckpt.should_stop(step + 1)   # once per step: on multi-host TPUs a sync point of every process
+        if (step + 1) % config.checkpoint_every == 0 or done or stopping:
             ckpt.save(step + 1, {'params': params, 'opt_state': opt_state, 'step': step + 1}, cfg.to_dict())
-            if ckpt.should_stop(step + 1) and not done:
+            if stopping and not done:
                 if window:   # the resumed run's first row then averages only its own steps, not these again
                     write_window(step + 1)
                 logging.warning('preempted: checkpoint saved at step %d, exiting', step + 1)
